@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class LucentConsoleConfig(AppConfig):
+    name = "lucent_console"
+    verbose_name = "Lucent Console"

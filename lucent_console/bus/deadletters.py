@@ -1,0 +1,71 @@
+"""How a dead letter looks on the bus (shared by the capture and by services).
+
+A dead letter is a copy of the failed message, published to
+``lucent.deadletter.<stream>.<consumer>`` with the original headers plus the
+``Lucent-DL-*`` headers below, and a ``Nats-Msg-Id`` derived from
+(stream, sequence, consumer) so that a repeated capture is deduplicated.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+SUBJECT_PREFIX = "lucent.deadletter"
+STREAM = "DEAD_LETTERS"
+
+H_STREAM = "Lucent-DL-Stream"
+H_SEQ = "Lucent-DL-Seq"
+H_SUBJECT = "Lucent-DL-Subject"
+H_CONSUMER = "Lucent-DL-Consumer"
+H_DELIVERIES = "Lucent-DL-Deliveries"
+H_REASON = "Lucent-DL-Reason"
+H_ERROR = "Lucent-DL-Error"
+H_AT = "Lucent-DL-At"
+H_PAYLOAD = "Lucent-DL-Payload"  # "missing" when the original could not be fetched
+
+REASON_MAX_DELIVERIES = "max_deliveries"
+REASON_TERMINATED = "terminated"
+REASON_EXPLICIT = "explicit"
+
+
+def _token(value: str) -> str:
+    # Stream and consumer names cannot hold dots or wildcards, but be safe.
+    return "".join(c if c not in ".*> \t" else "_" for c in value) or "_"
+
+
+def subject(stream: str, consumer: str) -> str:
+    return f"{SUBJECT_PREFIX}.{_token(stream)}.{_token(consumer)}"
+
+
+def msg_id(stream: str, seq: int, consumer: str) -> str:
+    return f"dl:{stream}:{seq}:{consumer}"
+
+
+def headers(
+    original_headers: dict | None,
+    *,
+    stream: str,
+    seq: int,
+    subject: str,
+    consumer: str,
+    deliveries: int,
+    reason: str,
+    error: str = "",
+    payload_missing: bool = False,
+) -> dict[str, str]:
+    out = {k: v for k, v in (original_headers or {}).items() if not k.startswith("Nats-")}
+    out.update({
+        "Nats-Msg-Id": msg_id(stream, seq, consumer),
+        H_STREAM: stream,
+        H_SEQ: str(seq),
+        H_SUBJECT: subject,
+        H_CONSUMER: consumer,
+        H_DELIVERIES: str(deliveries),
+        H_REASON: reason,
+        H_AT: datetime.now(UTC).isoformat(timespec="milliseconds"),
+    })
+    if error:
+        out[H_ERROR] = error[:1000]
+    if payload_missing:
+        out[H_PAYLOAD] = "missing"
+    return out

@@ -1,0 +1,147 @@
+"""``manage.py up``: the whole console in one process tree (see README.md)."""
+
+import os
+import secrets
+import signal
+import sys
+import time
+from pathlib import Path
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError
+
+from lucent_console.bus import embedded
+from lucent_console.bus.config import BusConfig
+from lucent_console.bus.runner import run_with_bus
+from lucent_console.supervisor import Child, Supervisor
+from streams import topology
+
+DEFAULT_NATS_PORT = 4322  # not 4222: a machine may already run NATS there
+
+
+class Command(BaseCommand):
+    help = "Start the whole console (bus, web, collector, Celery, demo) until Ctrl-C."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--demo", action="store_true", help="also run the simulated services")
+        parser.add_argument("--host", default=os.getenv("HOST", "127.0.0.1"))
+        parser.add_argument("--port", type=int, default=int(os.getenv("PORT", "8000")))
+
+    def handle(self, *args, demo: bool, host: str, port: int, **options):
+        self.sup = Supervisor(self.stdout)
+        stop_requested = []
+
+        def on_signal(signum, frame):
+            stop_requested.append(signum)
+
+        signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGTERM, on_signal)
+        code = 0
+        try:
+            self.start_tree(demo, host, port, stop_requested)
+            while not stop_requested:
+                if not self.sup.check():
+                    code = 1
+                    break
+                time.sleep(0.5)
+        except CommandError as exc:
+            self.sup.say(f"cannot start: {exc}")
+            code = 1
+        finally:
+            self.sup.say("stopping...")
+            self.sup.stop()
+            self.sup.say("stopped")
+        if code:
+            sys.exit(code)
+
+    # ------------------------------------------------------------------ start
+
+    def start_tree(self, demo: bool, host: str, port: int, stop_requested: list) -> None:
+        say = self.sup.say
+        settings.VAR_DIR.mkdir(parents=True, exist_ok=True)
+        if not os.environ.get("NATS_URL"):
+            os.environ["NATS_URL"] = self.start_embedded_nats()
+        config = BusConfig.from_env()
+        say(f"bus: {', '.join(config.redacted_servers)}")
+
+        call_command("migrate", interactive=False, verbosity=0)
+        login_hint = self.ensure_admin()
+
+        say("applying the topology...")
+        changes = []
+        while not stop_requested:
+            try:
+                changes = run_with_bus("up", topology.apply)
+                break
+            except Exception as exc:
+                say(f"bus not reachable yet ({type(exc).__name__}: {exc}); retrying in 2s")
+                time.sleep(2)
+        for c in changes:
+            if c.action != "unchanged" or c.warnings:
+                say(f"  {c.stream}: {c.action} {c.detail} {'; '.join(c.warnings)}".rstrip())
+        if stop_requested:
+            return
+
+        env = dict(os.environ)
+        env.setdefault("DJANGO_SETTINGS_MODULE", "lucent_console.settings")
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        if "DJANGO_ALLOWED_HOSTS" not in env:
+            env["DJANGO_ALLOWED_HOSTS"] = ",".join(
+                ["localhost", "127.0.0.1", "[::1]"]
+                + (["*"] if host in ("0.0.0.0", "::") else [host]))
+        py = sys.executable
+        manage = str(Path(settings.BASE_DIR) / "manage.py")
+        self.sup.start(Child("web", [
+            py, "-m", "uvicorn", "lucent_console.asgi:application", "--host", host,
+            "--port", str(port), "--no-access-log", "--lifespan", "off", "--ws", "websockets-sansio",
+            "--timeout-graceful-shutdown", "3"], env))
+        self.sup.start(Child("collector", [py, manage, "collector"], env))
+        celery = [py, "-m", "celery", "-A", "lucent_console", "--quiet"]
+        self.sup.start(Child("worker", celery + [
+            "worker", "--pool", "threads", "--concurrency", "4", "--loglevel", "WARNING",
+            "--without-gossip", "--without-mingle", "--without-heartbeat"], env))
+        self.sup.start(Child("beat", celery + [
+            "beat", "--loglevel", "WARNING",
+            "--schedule", str(settings.VAR_DIR / "celerybeat-schedule")], env))
+        if demo:
+            self.sup.start(Child("demo", [py, manage, "demo"], env))
+        try:
+            embedded.wait_listening(port, 30, host=self.local(host))
+        except TimeoutError:
+            raise CommandError(f"the web server did not start listening on {host}:{port}") from None
+        self.stdout.write(self.style.SUCCESS(
+            f"\n  Lucent Console is running at http://{self.local(host)}:{port}/\n"
+            f"  {login_hint}\n  Stop it with Ctrl-C.\n"))
+
+    @staticmethod
+    def local(host: str) -> str:
+        return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+
+    def start_embedded_nats(self) -> str:
+        store = settings.VAR_DIR / "nats"
+        port = embedded.free_port(int(os.getenv("LUCENT_NATS_PORT", DEFAULT_NATS_PORT)))
+        args = embedded.server_args(port, store)
+        child = Child("nats", args, echo=False, infrastructure=True)
+        self.sup.start(child)
+        try:
+            embedded.wait_listening(port, 20, proc=child.proc)
+        except (TimeoutError, RuntimeError) as exc:
+            raise CommandError(f"embedded nats-server: {exc}; {' | '.join(child.tail)}") from exc
+        self.sup.say(f"embedded nats-server on port {port}, store {store}")
+        return f"nats://127.0.0.1:{port}"
+
+    def ensure_admin(self) -> str:
+        User = get_user_model()
+        existing = User.objects.filter(username="admin").first()
+        if existing is not None:
+            return ("Log in as admin with the password printed at first run or "
+                    "LUCENT_ADMIN_PASSWORD (reset: python manage.py changepassword admin).")
+        password = os.getenv("LUCENT_ADMIN_PASSWORD") or secrets.token_urlsafe(12)
+        user = User.objects.create_superuser("admin", "", password)
+        user.groups.add(Group.objects.get(name="admin"))
+        if os.getenv("LUCENT_ADMIN_PASSWORD"):
+            return "Log in as admin with the password in LUCENT_ADMIN_PASSWORD."
+        return f"Log in as admin with password {password}  (shown once; change it after login)"
