@@ -177,7 +177,11 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
 }
-SPECTACULAR_SETTINGS = {"TITLE": "Lucent Console API", "VERSION": "1"}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Lucent Console API",
+    "VERSION": "1",
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
+}
 
 LUCENT_METRICS_TOKEN = os.getenv("LUCENT_METRICS_TOKEN", "")
 

@@ -1,0 +1,108 @@
+"""Login, navigation, /healthz and the overview, against a real nats-server."""
+
+import asyncio
+
+import pytest
+from django.urls import URLPattern, URLResolver, get_resolver
+
+from lucent_console.bus import embedded
+from lucent_console.bus import jetstream as js
+from lucent_console.bus.client import connect
+from lucent_console.bus.config import BusConfig
+from streams import topology
+
+pytestmark = pytest.mark.django_db
+
+
+def _paths(resolver=None, prefix=""):
+    resolver = resolver or get_resolver()
+    for p in resolver.url_patterns:
+        route = prefix + str(p.pattern)
+        if isinstance(p, URLResolver):
+            if route.startswith("admin/"):
+                continue  # Django's admin has its own login
+            yield from _paths(p, route)
+        elif isinstance(p, URLPattern) and "<" not in route and "(" not in route:
+            yield "/" + route.lstrip("^").rstrip("$")
+
+
+def test_it_requires_login_everywhere_but_healthz(client, nats_server):
+    paths = sorted(set(_paths()))
+    assert "/" in paths and "/streams/" in paths and "/healthz" in paths
+    for path in paths:
+        response = client.get(path)
+        if path in ("/healthz", "/login/"):
+            assert response.status_code == 200, path
+        elif path.startswith("/api/"):
+            assert response.status_code in (401, 403), path  # API clients get no redirect
+        else:
+            assert response.status_code == 302, path
+            assert response["Location"].startswith("/login/"), path
+
+
+def test_it_logs_in_and_out(client, users, nats_server):
+    response = client.post("/login/", {"username": "viewer", "password": "wrong"})
+    assert response.status_code == 200
+    assert b"Wrong username or password" in response.content
+    response = client.post("/login/", {"username": "viewer", "password": "pw-viewer"})
+    assert response.status_code == 302 and response["Location"] == "/"
+    page = client.get("/")
+    assert page.status_code == 200
+    assert b"viewer" in page.content
+    assert client.get("/logout/").status_code == 405  # logging out is a POST
+    assert client.post("/logout/").status_code == 302
+    assert client.get("/").status_code == 302
+
+
+def test_healthz_is_ok_with_a_bus(client, nats_server):
+    response = client.get("/healthz")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "ok"
+    assert body["bus"]["ok"] is True
+    assert body["bus"]["servers"] == [nats_server.url]
+
+
+def test_healthz_says_503_and_why_without_a_bus(client, monkeypatch):
+    port = embedded.free_port()
+    monkeypatch.setenv("NATS_URL", f"nats://user:s3cret-pw@127.0.0.1:{port}")
+    response = client.get("/healthz")
+    assert response.status_code == 503
+    body = response.json()
+    assert body["status"] == "error"
+    assert "bus unreachable" in body["reason"]
+    assert "s3cret-pw" not in response.content.decode()
+    assert body["bus"]["servers"] == [f"nats://***@127.0.0.1:{port}"]
+
+
+def test_the_overview_shows_streams_and_lint_findings_escaped(viewer_client, fresh_server,
+                                                              monkeypatch):
+    monkeypatch.setenv("NATS_URL", fresh_server.url)
+
+    async def setup():
+        nc = await connect("t", BusConfig.from_env({"NATS_URL": fresh_server.url}),
+                           retry_initial=False)
+        await topology.apply(nc, topology.ADR_LITERAL)
+        await js.add_stream(nc, {"name": "EVIL", "subjects": ["evil.<img/src=x/onerror=alert(1)"],
+                                 "storage": "memory"})
+        await nc.close()
+
+    asyncio.run(setup())
+    page = viewer_client.get("/").content.decode()
+    assert "DOMAIN_EVENTS" in page and "HIERARCHY" in page
+    assert "single-token-wildcard" in page and "interest-without-consumers" in page
+    assert "<img/src" not in page
+    assert "evil.&lt;img/src=x/onerror=alert(1)" in page
+
+
+def test_the_overview_says_when_the_bus_is_away(viewer_client, monkeypatch):
+    monkeypatch.setenv("NATS_URL", f"nats://127.0.0.1:{embedded.free_port()}")
+    page = viewer_client.get("/")
+    assert page.status_code == 200
+    assert b"Bus unreachable" in page.content
+
+
+def test_unfinished_pages_say_which_issue_fills_them(viewer_client, nats_server):
+    page = viewer_client.get("/deadletters/")
+    assert page.status_code == 200
+    assert b"issue #4" in page.content
