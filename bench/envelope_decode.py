@@ -8,7 +8,7 @@ import os
 import platform
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -31,10 +31,11 @@ def main() -> None:
         {"command": "execute_trade", "data": {"userId": "user-123", "pair": "ETH-USDC",
                                               "side": "buy", "amount": 1.5}},
         sender={"serviceId": "trading-service-001", "instanceId": "ts-001", "version": "1.2.3"}))
-    cases = {"envelope (%d B)" % len(env): env, "binary 1 KiB": os.urandom(1024),
+    cases = {f"envelope ({len(env)} B)": env, "binary 1 KiB": os.urandom(1024),
              "text 1 KiB": b"plain text " * 93}
-    print(f"# {datetime.now(timezone.utc):%Y-%m-%d} {platform.node()} {platform.processor() or platform.machine()}"
-          f", {os.cpu_count()} cores, Python {platform.python_version()}")
+    machine = platform.processor() or platform.machine()
+    print(f"# {datetime.now(UTC):%Y-%m-%d} {platform.node()} {machine}, "
+          f"{os.cpu_count()} cores, Python {platform.python_version()}")
     baseline = rate(json.loads, env)
     print(f"json.loads baseline on the envelope: {baseline:,.0f}/s")
     for name, payload in cases.items():

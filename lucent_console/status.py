@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 from asgiref.sync import sync_to_async
 from django.db import connection
@@ -24,6 +25,11 @@ async def bus_status(timeout: float = 2.0) -> dict:
     out = {"ok": False, **described}
     try:
         nc = await asyncio.wait_for(web_client.get(timeout), timeout + 1)
+        if not nc.is_connected:
+            since = web_client.state.disconnected_since
+            away = f" for {time.time() - since:.0f}s" if since else ""
+            out["error"] = f"bus unreachable{away}: reconnecting to {', '.join(described['servers'])}"
+            return out
         await nc.flush(timeout=timeout)
         info = await js.account_info(nc)
     except Exception as exc:

@@ -95,9 +95,12 @@ async def connect(
                 reconnect_time_wait=0.5,
                 reconnect_to_server_handler=_pick_server,
                 connect_timeout=connect_timeout,
-                allow_reconnect=True,
+                # nats-py retries a failed *first* connect forever when reconnects
+                # are allowed; we want that loop here, with backoff and a way out.
+                allow_reconnect=False,
                 **config.connect_options(),
             )
+            nc.options["allow_reconnect"] = True
         except Exception as exc:  # nats-py raises several unrelated types here
             state.last_error = f"{type(exc).__name__}: {exc}"
             if not retry_initial:
