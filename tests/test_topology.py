@@ -106,8 +106,8 @@ async def test_replicas_adapt_to_a_three_node_cluster(tmp_path):
         nc = await connect("test", BusConfig.from_env({"NATS_URL": cluster.url}),
                            retry_initial=False)
         try:
-            assert js.cluster_size(nc) == 3
             changes = await _apply_when_cluster_ready(nc)
+            assert js.cluster_size(nc) == 3
             assert all(c.action == "created" and not c.warnings for c in changes), changes
             info = await js.stream_info(nc, "DOMAIN_EVENTS")
             assert info["config"]["num_replicas"] == 3
@@ -128,9 +128,11 @@ async def _apply_when_cluster_ready(nc, attempts: int = 40):
     for _ in range(attempts):
         try:
             await js.account_info(nc)
-            break
+            if js.cluster_size(nc) == 3:
+                break
         except js.JetStreamError:
-            await asyncio.sleep(0.25)
+            pass
+        await asyncio.sleep(0.25)
     changes = await topology.apply(nc)
     json.dumps([c.__dict__ for c in changes])
     return changes
