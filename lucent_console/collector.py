@@ -1,9 +1,14 @@
-"""The collector: the one process that watches the bus for every reader.
+"""The collector: the one process that sweeps the bus for every reader.
 
-For now it keeps its bus connection, records its health (``Heartbeat`` row
-read by /healthz) and announces the console on the bus like any Lucent
-service (``lucent.services.console.health``). The live-streams work builds
-its sweeps on this loop.
+Each sweep (every ``LUCENT_SWEEP_INTERVAL`` seconds, 1 by default) builds one
+snapshot (``streams.snapshot``), publishes what changed on the bus for the web
+processes (``bus.live``) and answers their full-snapshot requests. Every few
+seconds it records its health (``Heartbeat``, read by /healthz) and announces
+the console on ``lucent.services.console.health`` like any Lucent service.
+
+If the bus goes away, sweeps fail fast, the last data is republished marked
+``ok: false`` (pages then say how old it is) and nats-py reconnects with
+backoff; the first good sweep after that carries everything that changed.
 """
 
 from __future__ import annotations
@@ -13,49 +18,80 @@ import logging
 import time
 
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from nats.aio.client import Client
 
-from lucent_console.bus import envelope
+from lucent_console.bus import envelope, live
 from lucent_console.bus import jetstream as js
+from streams import snapshot as snap
 
 from .models import Heartbeat
 
 log = logging.getLogger("lucent.collector")
 
 
-async def sweep(nc: Client) -> dict:
-    """One look at the bus: reachable, JetStream usage. Never raises."""
-    started = time.monotonic()
-    health: dict = {"connected": nc.is_connected, **js.server_summary(nc)}
-    if nc.is_connected:
+class Collector:
+    def __init__(self, nc: Client, interval: float | None = None) -> None:
+        self.nc = nc
+        self.interval = interval or settings.LUCENT_SWEEP_INTERVAL
+        self.tracker = snap.Tracker()
+        self.snapshot: dict | None = None
+        self.last_delta_bytes = 0
+
+    async def sweep_once(self) -> dict:
+        """Sweep, build, publish the delta. Never raises."""
+        started = time.monotonic()
         try:
-            info = await js.account_info(nc)
-            health.update(streams=info.get("streams", 0), consumers=info.get("consumers", 0),
-                          memory=info.get("memory", 0), storage=info.get("storage", 0))
+            if not self.nc.is_connected:
+                raise ConnectionError("bus unreachable (reconnecting)")
+            streams, consumers = await snap.sweep(self.nc)
+            new = self.tracker.build(streams, consumers, js.server_summary(self.nc),
+                                     sweep_ms=(time.monotonic() - started) * 1000)
         except Exception as exc:
-            health["error"] = f"{type(exc).__name__}: {exc}"
-    health["sweep_ms"] = round((time.monotonic() - started) * 1000, 2)
-    return health
+            new = snap.failed(self.snapshot, f"{type(exc).__name__}: {exc}")
+        delta = snap.diff(self.snapshot, new)
+        self.snapshot = new
+        if self.nc.is_connected:
+            try:
+                self.last_delta_bytes = await live.publish_delta(self.nc, delta)
+            except Exception as exc:
+                log.warning("collector: could not publish the delta: %s", exc)
+        return new
 
+    def health(self) -> dict:
+        s = self.snapshot or {}
+        return {"connected": self.nc.is_connected, "ok": s.get("ok", False),
+                "error": s.get("error"), "seq": s.get("seq", 0), "sweep_ms": s.get("sweep_ms"),
+                "streams": len(s.get("streams", {})), "consumers": len(s.get("consumers", {})),
+                "delta_bytes": self.last_delta_bytes, **js.server_summary(self.nc)}
 
-async def announce(nc: Client, health: dict) -> None:
-    if not nc.is_connected:
-        return
-    status = "ok" if "error" not in health else "degraded"
-    await nc.publish("lucent.services.console.health", envelope.encode(envelope.make(
-        "HealthCheck", "lucent.services.console.health", {"status": status, **health},
-        sender={"serviceId": "console", "instanceId": "collector"})))
-
-
-async def run(nc: Client, stop: asyncio.Event, interval: float = 5.0) -> None:
-    while not stop.is_set():
-        health = await sweep(nc)
+    async def announce(self) -> None:
+        health = self.health()
         try:
             await sync_to_async(Heartbeat.beat)("collector", **health)
-            await announce(nc, health)
         except Exception:
-            log.exception("collector: could not record health")
-        try:
-            await asyncio.wait_for(stop.wait(), interval)
-        except TimeoutError:
-            pass
+            log.exception("collector: could not record its heartbeat")
+        if self.nc.is_connected:
+            await self.nc.publish("lucent.services.console.health", envelope.encode(envelope.make(
+                "HealthCheck", "lucent.services.console.health",
+                {"status": "ok" if health["ok"] else "degraded", **health},
+                sender={"serviceId": "console", "instanceId": "collector"})))
+
+    async def run(self, stop: asyncio.Event, heartbeat_every: float = 5.0) -> None:
+        await live.serve_full(self.nc, lambda: self.snapshot)
+        last_beat = 0.0
+        while not stop.is_set():
+            started = time.monotonic()
+            await self.sweep_once()
+            if started - last_beat >= heartbeat_every:
+                last_beat = started
+                await self.announce()
+            elapsed = time.monotonic() - started
+            try:
+                await asyncio.wait_for(stop.wait(), max(0.05, self.interval - elapsed))
+            except TimeoutError:
+                pass
+
+
+async def run(nc: Client, stop: asyncio.Event, interval: float | None = None) -> None:
+    await Collector(nc, interval).run(stop)

@@ -1,21 +1,126 @@
+"""The live websocket: sends the page's fragments as htmx out-of-band swaps.
+
+A socket says what its page shows in its query string (``panel=streams&q=..``).
+On (re)connect it gets the whole panel; then, on every snapshot the relay
+applies, only the fragments whose data changed. Fragments are the templates
+the pages render, rendered once per snapshot for all sockets that show them.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from urllib.parse import parse_qs
+
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.template.loader import render_to_string
+from django.utils.html import format_html
 
-from .status import bus_status
+from streams import services
+from streams.live import relay
+
+
+def _fragment(template: str, **context) -> str:
+    return render_to_string(template, {**context, "oob": True}).strip()
+
+
+def frames(parts: list[str]) -> list[str]:
+    """Group fragments into websocket frames that parse the same way.
+
+    htmx parses a frame in a <template>, whose first tag fixes the parsing
+    mode: table rows mixed with divs would be dropped. So rows go together in
+    one frame, each <tbody> in its own, everything else in the first.
+    """
+    other = [p for p in parts if p and not p.startswith(("<tr", "<tbody"))]
+    rows = [p for p in parts if p.startswith("<tr")]
+    bodies = [p for p in parts if p.startswith("<tbody")]
+    return [f for f in ["".join(other), *bodies, "".join(rows)] if f]
 
 
 class LiveConsumer(AsyncWebsocketConsumer):
-    """Live updates for the open page. Anonymous sockets are refused.
-
-    On (re)connect the client gets the whole current panel; later issues add
-    the groups the collector sends snapshots to.
-    """
-
     async def connect(self):
         if not self.scope["user"].is_authenticated:
-            await self.close(code=4401)
+            await self.close()  # before accept: the handshake is refused (403)
             return
+        query = parse_qs(self.scope.get("query_string", b"").decode())
+        self.params = {k: v[0] for k, v in query.items()}
+        self.panel = self.params.get("panel", "status")
+        self.sent_names: list[str] | None = None
+        try:
+            await relay.ensure_started()
+        except Exception:
+            pass  # bus away: the status fragment says so; the relay starts later
+        await self.channel_layer.group_add(relay.group, self.channel_name)
         await self.accept()
-        status = await bus_status()
-        await self.send(text_data=render_to_string("fragments/bus_status.html",
-                                                   {"bus": status, "oob": True}))
+        await self.send_panel(None)
+
+    async def disconnect(self, code):
+        await self.channel_layer.group_discard(relay.group, self.channel_name)
+
+    async def snapshot_updated(self, event):
+        await self.send_panel(event["changed"])
+
+    async def send_panel(self, changed: dict | None) -> None:
+        full = changed is None or changed.get("full")
+        snapshot = relay.snapshot
+        parts = [relay.render_once(("status",), lambda: _fragment(
+            "fragments/live_status.html", live=relay.status()))]
+        if snapshot is not None:
+            handler = getattr(self, f"panel_{self.panel}", None)
+            if handler is not None:
+                parts += handler(snapshot, changed or {}, full)
+        for frame in frames(parts):
+            await self.send(text_data=frame)
+
+    def panel_overview(self, snapshot, changed, full):
+        return [relay.render_once(("overview",), lambda: _fragment(
+            "fragments/overview_panel.html", ov=services.overview(snapshot),
+            findings=services.lint_findings(snapshot)))]
+
+    def panel_streams(self, snapshot, changed, full):
+        try:
+            page = int(self.params.get("page", 1))
+        except ValueError:
+            page = 1
+        args = (self.params.get("q", ""), self.params.get("sort", "name"),
+                self.params.get("desc") in ("1", "True"), page)
+        listing = relay.render_once(("listing",) + args, lambda: services.stream_page(
+            snapshot, *args))
+        if full or listing["names"] != self.sent_names:
+            self.sent_names = listing["names"]
+            return [relay.render_once(("streams-body",) + args, lambda: _fragment(
+                "fragments/streams_body.html", listing=listing, spark=relay.history)),
+                format_html('<span id="streams-count" class="muted" hx-swap-oob="true">{}</span>',
+                            listing["total"])]
+        wanted = set(changed.get("streams", [])) & set(listing["names"])
+        rows = [s for s in listing["rows"] if s["name"] in wanted]
+        return [relay.render_once(("stream-row", s["name"]), lambda s=s: _fragment(
+            "fragments/stream_row.html", s=s, spark=relay.history)) for s in rows]
+
+    def panel_stream(self, snapshot, changed, full):
+        name = self.params.get("name", "")
+        stream = snapshot["streams"].get(name)
+        if stream is None:
+            return []
+        out = []
+        if full or name in changed.get("streams", []):
+            out.append(relay.render_once(("stream-state", name), lambda: _fragment(
+                "fragments/stream_state.html", s=stream)))
+            if not full and snapshot.get("ok"):
+                out.append(relay.render_once(("chart-point", name), lambda: format_html(
+                    '<div id="chart-point" hidden hx-swap-oob="true" data-t="{}" data-rate="{}" '
+                    'data-pending="{}" data-ack-pending="{}"></div>',
+                    datetime.fromtimestamp(snapshot["at"], UTC).isoformat(),
+                    stream["msgs_in_per_s"] if stream["msgs_in_per_s"] is not None else "",
+                    stream["pending"], stream["ack_pending"])))
+        prefix = f"{name}/"
+        touched = [k for k in changed.get("consumers", []) if k.startswith(prefix)]
+        if full or (changed.get("membership") and touched):
+            out.append(relay.render_once(("consumers-body", name), lambda: _fragment(
+                "fragments/consumers_body.html", consumers=services.consumers_of(snapshot, name))))
+        else:
+            for key in touched:
+                consumer = snapshot["consumers"].get(key)
+                if consumer is not None:
+                    out.append(relay.render_once(("consumer-row", key), lambda c=consumer: _fragment(
+                        "fragments/consumer_row.html", c=c)))
+        return out

@@ -1,5 +1,18 @@
+from urllib.parse import urlencode
+
 from .roles import role_of
 
 
 def console(request):
-    return {"role": role_of(request.user) if hasattr(request, "user") else None}
+    user = getattr(request, "user", None)
+    if user is None or not user.is_authenticated:
+        return {"role": None}
+    from streams import services
+
+    services.current_snapshot()
+    return {
+        "role": role_of(user),
+        "live": services.live_status(),
+        # What the page's websocket should keep live (set by the view).
+        "live_query": urlencode(getattr(request, "live_panel", {"panel": "status"})),
+    }

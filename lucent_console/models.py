@@ -26,3 +26,29 @@ class Heartbeat(models.Model):
 
     def age_seconds(self) -> float:
         return (timezone.now() - self.at).total_seconds()
+
+
+class AuditRecord(models.Model):
+    """Who did what to which target, with which parameters, and how it ended.
+
+    Written by the service layer for every action, refused and failed ones
+    included (outcome ``refused`` / ``failed``): a refused action changes
+    nothing but the audit trail.
+    """
+
+    OUTCOMES = [("ok", "ok"), ("refused", "refused"), ("failed", "failed")]
+
+    at = models.DateTimeField(default=timezone.now, db_index=True)
+    user = models.ForeignKey("auth.User", null=True, blank=True, on_delete=models.SET_NULL)
+    username = models.CharField(max_length=150, blank=True)
+    action = models.CharField(max_length=64)
+    target = models.CharField(max_length=512)
+    parameters = models.JSONField(default=dict, blank=True)
+    outcome = models.CharField(max_length=16, choices=OUTCOMES)
+    detail = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.at:%Y-%m-%d %H:%M:%S} {self.username} {self.action} {self.target}: {self.outcome}"

@@ -135,7 +135,11 @@ USE_TZ = True
 STATIC_URL = "/static/"
 STATIC_ROOT = VAR_DIR / "static"
 STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # whitenoise warns when it is missing
-STATICFILES_DIRS = [BASE_DIR / "static"]
+STATICFILES_DIRS = [
+    BASE_DIR / "static",
+    # plotly.js as shipped by the pinned plotly package (no CDN)
+    ("plotly", Path(__import__("plotly").__file__).parent / "package_data"),
+]
 # Serve straight from the finders: no collectstatic step for `make run`.
 WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = DEBUG
@@ -167,6 +171,8 @@ CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BEAT_SCHEDULE = {
     "record-heartbeat": {"task": "lucent_console.tasks.beat_heartbeat", "schedule": 30.0},
+    "sample-history": {"task": "streams.tasks.sample_history", "schedule": 10.0},
+    "rollup-history": {"task": "streams.tasks.rollup_history", "schedule": 60.0},
 }
 
 REST_FRAMEWORK = {
@@ -193,3 +199,8 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": os.getenv("LUCENT_LOG_LEVEL", "INFO")},
     "loggers": {"nats": {"level": "WARNING"}, "celery": {"level": "WARNING"}},
 }
+
+# Seconds between two sweeps of the bus by the collector.
+LUCENT_SWEEP_INTERVAL = float(os.getenv("LUCENT_SWEEP_INTERVAL", "1.0"))
+if LUCENT_SWEEP_INTERVAL <= 0:
+    raise ImproperlyConfigured("LUCENT_SWEEP_INTERVAL must be > 0")

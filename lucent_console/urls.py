@@ -1,26 +1,39 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
-from django.urls import path
+from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView
 
-from . import views
+from streams import api as stream_api
+
+from . import api, metrics, views
 
 COMING = [
     # (path, url name, title, issue that fills it)
-    ("streams/", "streams:list", "Streams", 3),
     ("deadletters/", "deadletters:list", "Dead letters", 4),
     ("agents/", "agents:list", "Agents", 5),
     ("services/", "services:list", "Services", 5),
     ("alerts/", "alerts:list", "Alerts", 6),
-    ("audit/", "audit:list", "Audit", 4),
+]
+
+api_v1 = [
+    path("streams/", stream_api.stream_list, name="api-streams"),
+    path("streams/<str:name>/", stream_api.stream_detail, name="api-stream"),
+    path("streams/<str:name>/consumers/", stream_api.consumer_list, name="api-consumers"),
+    path("streams/<str:name>/purge/", stream_api.purge, name="api-purge"),
+    path("streams/<str:name>/messages/<str:seq>/", stream_api.delete_message, name="api-delete-message"),
+    path("audit/", api.audit_list, name="api-audit"),
 ]
 
 urlpatterns = [
     path("", views.overview, name="overview"),
     path("healthz", views.healthz, name="healthz"),
+    path("metrics", metrics.metrics, name="metrics"),
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
+    path("streams/", include("streams.urls")),
+    path("audit/", views.audit, name="audit-list"),
+    path("api/v1/", include(api_v1)),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
 ] + [
     path(p, views.coming, {"page": name.split(":")[0], "title": title, "issue": issue},

@@ -1,12 +1,13 @@
-from asgiref.sync import async_to_sync
 from django.contrib.auth.decorators import login_not_required
+from django.core.paginator import Paginator
 from django.http import JsonResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
 from streams import services as stream_services
 
-from .status import bus_status, health
+from .models import AuditRecord
+from .status import health
 
 
 @require_GET
@@ -18,9 +19,17 @@ async def healthz(request):
 
 @require_GET
 def overview(request):
-    bus = async_to_sync(bus_status)()
-    summary = async_to_sync(stream_services.bus_summary)() if bus["ok"] else None
-    return render(request, "overview.html", {"bus": bus, "summary": summary, "page": "overview"})
+    snapshot = stream_services.current_snapshot()
+    request.live_panel = {"panel": "overview"}
+    return render(request, "overview.html", {
+        "ov": stream_services.overview(snapshot),
+        "findings": stream_services.lint_findings(snapshot), "page": "overview"})
+
+
+@require_GET
+def audit(request):
+    page = Paginator(AuditRecord.objects.select_related("user"), 50).get_page(request.GET.get("page"))
+    return render(request, "audit.html", {"records": page, "page": "audit"})
 
 
 @require_GET

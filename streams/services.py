@@ -1,33 +1,286 @@
-"""The stream service layer: what web, API, CLI and tasks call."""
+"""The stream service layer: what web pages, the API, commands and tasks call.
+
+Reads come from the collector's snapshot (never a bus query per page view or
+scrape); the few things not in a snapshot (top subjects, stored messages) and
+the admin actions go to the bus through ``lucent_console.bus``.
+"""
 
 from __future__ import annotations
 
+import math
+from datetime import datetime
+
+from asgiref.sync import async_to_sync
+
+from lucent_console.actions import ActionError, NotFound, audited
+from lucent_console.bus import envelope
 from lucent_console.bus import jetstream as js
 from lucent_console.bus.client import web_client
 
-from . import topology
+from . import subjects, topology
+from .live import relay
+
+PER_PAGE = 50
+SORTS = {
+    "name": lambda s: s["name"],
+    "messages": lambda s: s["messages"],
+    "bytes": lambda s: s["bytes"],
+    "consumers": lambda s: s["consumer_count"],
+    "pending": lambda s: s["pending"],
+    "rate": lambda s: s["msgs_in_per_s"] or 0,
+    "usage": lambda s: s["usage_pct"],
+}
+MAX_TOP_SUBJECTS = 20
+MAX_SUBJECTS_LISTED = 10_000
+MAX_BROWSE = 100
 
 
-async def bus_summary() -> dict:
-    """Streams with their main figures, and the topology findings, from the live bus."""
-    nc = await web_client.get()
-    streams = await js.list_streams(nc)
-    consumers = {s["config"]["name"]: await js.list_consumers(nc, s["config"]["name"])
-                 for s in streams}
-    rows = []
-    for info in sorted(streams, key=lambda s: s["config"]["name"]):
-        config, state = info["config"], info.get("state", {})
-        rows.append({
-            "name": config["name"],
-            "subjects": config.get("subjects") or [],
-            "retention": config.get("retention"),
-            "storage": config.get("storage"),
-            "replicas": config.get("num_replicas", 1),
-            "messages": state.get("messages", 0),
-            "bytes": state.get("bytes", 0),
-            "consumer_count": state.get("consumer_count", 0),
-            "pending": sum(c.get("num_pending", 0) for c in consumers[config["name"]]),
-            "ack_pending": sum(c.get("num_ack_pending", 0) for c in consumers[config["name"]]),
-        })
-    findings = topology.lint_streams(streams, consumers, js.cluster_size(nc), topology.ADR_LITERAL)
-    return {"streams": rows, "findings": findings}
+def bus_call(fn, *args, **kwargs):
+    """Run ``fn(nc, ...)`` on this process's bus connection from sync code."""
+
+    async def call():
+        nc = await web_client.get()
+        return await fn(nc, *args, **kwargs)
+
+    return async_to_sync(call)()
+
+
+# ------------------------------------------------------------------ reads
+
+def current_snapshot() -> dict | None:
+    """The freshest snapshot this process has (starting its relay if needed)."""
+    try:
+        async_to_sync(relay.ensure_started)()
+    except Exception:
+        pass  # bus or collector away: pages show what they have and say so
+    return relay.snapshot
+
+
+def live_status() -> dict:
+    return relay.status()
+
+
+def stream_page(snapshot: dict | None, q: str = "", sort: str = "name", desc: bool = False,
+                page: int = 1, per_page: int = PER_PAGE) -> dict:
+    streams = list((snapshot or {}).get("streams", {}).values())
+    q = q.strip().lower()
+    if q:
+        streams = [s for s in streams if q in s["name"].lower()
+                   or any(q in subj.lower() for subj in s["subjects"])]
+    key = SORTS.get(sort, SORTS["name"])
+    streams.sort(key=lambda s: (key(s), s["name"]), reverse=desc)
+    pages = max(1, math.ceil(len(streams) / per_page))
+    page = min(max(1, page), pages)
+    rows = streams[(page - 1) * per_page: page * per_page]
+    return {"rows": rows, "total": len(streams), "page": page, "pages": pages,
+            "sort": sort if sort in SORTS else "name", "desc": desc, "q": q,
+            "names": [r["name"] for r in rows]}
+
+
+def consumers_of(snapshot: dict | None, stream: str) -> list[dict]:
+    consumers = (snapshot or {}).get("consumers", {})
+    return sorted((c for c in consumers.values() if c["stream"] == stream), key=lambda c: c["name"])
+
+
+def overview(snapshot: dict | None) -> dict:
+    """Totals and what needs attention."""
+    s = snapshot or {"streams": {}, "consumers": {}}
+    streams, consumers = list(s["streams"].values()), list(s["consumers"].values())
+    pending = sorted((c for c in consumers if c["num_pending"] > 0),
+                     key=lambda c: -c["num_pending"])[:10]
+    return {
+        "totals": {
+            "streams": len(streams), "consumers": len(consumers),
+            "messages": sum(x["messages"] for x in streams),
+            "bytes": sum(x["bytes"] for x in streams),
+            "in_per_s": round(sum(x["msgs_in_per_s"] or 0 for x in streams), 2),
+            "pending": sum(c["num_pending"] for c in consumers),
+            "ack_pending": sum(c["num_ack_pending"] for c in consumers),
+        },
+        "largest_pending": pending,
+        "stalled": [c for c in consumers if c["stalled"]][:20],
+        "floor_stuck": [c for c in consumers if c["floor_stuck"]][:20],
+        "replicas": [x for x in streams if not x["replicas_ok"]][:20],
+        "full": [x for x in streams if x["usage_pct"] >= 80][:20],
+        "interest_without_consumers": [x for x in streams
+                                       if x["retention"] == "interest" and x["consumer_count"] == 0],
+    }
+
+
+def lint_findings(snapshot: dict | None) -> list[topology.Finding]:
+    """``topology lint`` run on the snapshot's figures (no bus round trip)."""
+    if not snapshot:
+        return []
+    streams = [{"config": {"name": x["name"], "subjects": x["subjects"], "retention": x["retention"],
+                           "num_replicas": x["replicas"], "no_ack": x["no_ack"]},
+                "state": {"consumer_count": x["consumer_count"]},
+                "cluster": {"replicas": [{"name": r["name"], "current": r["current"],
+                                          "offline": r["offline"], "lag": r["lag"]}
+                                         for r in x["cluster"]["replicas"]]}}
+               for x in snapshot["streams"].values()]
+    consumers: dict[str, list] = {}
+    for c in snapshot["consumers"].values():
+        consumers.setdefault(c["stream"], []).append(
+            {"name": c["name"], "config": {"filter_subjects": c["filter_subjects"]}})
+    size = (snapshot.get("server") or {}).get("cluster_size", 1)
+    return topology.lint_streams(streams, consumers, size, topology.ADR_LITERAL)
+
+
+def get_stream(snapshot: dict | None, name: str) -> dict:
+    stream = (snapshot or {}).get("streams", {}).get(name)
+    if stream is None:
+        raise NotFound(f"no stream named {name!r}")
+    return stream
+
+
+def top_subjects(stream: dict, limit: int = MAX_TOP_SUBJECTS) -> dict:
+    """Messages per subject, largest first (one STREAM.INFO call)."""
+    if stream["num_subjects"] > MAX_SUBJECTS_LISTED:
+        return {"rows": [], "note": f"{stream['num_subjects']:,} subjects: too many to list"}
+    if stream["messages"] == 0:
+        return {"rows": [], "note": ""}
+    try:
+        info = bus_call(js.stream_info, stream["name"], subjects_filter=">")
+    except Exception as exc:
+        return {"rows": [], "note": f"could not read subjects: {exc}"}
+    counts = info.get("state", {}).get("subjects") or {}
+    rows = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:limit]
+    return {"rows": rows, "note": f"top {len(rows)} of {len(counts)}" if len(counts) > limit else ""}
+
+
+# ------------------------------------------------------------------ message browser
+
+def _positive_int(value, field: str, minimum: int = 0) -> int | None:
+    if value in (None, ""):
+        return None
+    try:
+        number = int(str(value).strip())
+    except ValueError:
+        raise ActionError(f"{field} must be a whole number, not {str(value)[:40]!r}") from None
+    if number < minimum:
+        raise ActionError(f"{field} must be at least {minimum}")
+    return number
+
+
+def _valid_subject(value: str | None) -> str | None:
+    if value in (None, ""):
+        return None
+    value = value.strip()
+    if not subjects.is_valid(value):
+        raise ActionError(f"{value[:80]!r} is not a valid subject")
+    return value
+
+
+def browse(stream: dict, start_seq=None, start_time=None, subject=None, limit=20) -> dict:
+    """Stored messages from a sequence, a time or for a subject, decoded.
+
+    Uses ``STREAM.MSG.GET`` (next by subject), which works on work-queue
+    streams too and skips deleted sequences.
+    """
+    seq = _positive_int(start_seq, "start sequence", 1)
+    subject = _valid_subject(subject) or ">"
+    limit = min(_positive_int(limit, "count", 1) or 20, MAX_BROWSE)
+    when = None
+    if start_time not in (None, ""):
+        try:
+            when = datetime.fromisoformat(str(start_time).replace("Z", "+00:00"))
+        except ValueError:
+            raise ActionError(f"{str(start_time)[:40]!r} is not a time (use 2026-11-26T10:30)") from None
+        if when.tzinfo is None:
+            from datetime import UTC
+
+            when = when.replace(tzinfo=UTC)
+
+    async def read(nc):
+        first, last = stream["first_seq"], stream["last_seq"]
+        position = seq if seq is not None else first
+        if when is not None:
+            position = await js.message_time_search(nc, stream["name"], max(first, 1), last, when)
+        out = []
+        while len(out) < limit and position <= last:
+            msg = await js.next_message(nc, stream["name"], max(position, 1), subject)
+            if msg is None:
+                break
+            out.append(msg)
+            position = msg["seq"] + 1
+        return out, position
+
+    if stream["messages"] == 0:
+        return {"messages": [], "next_seq": None}
+    raw, next_seq = bus_call(read)
+    messages = [{**m, "decoded": envelope.decode(m["data"], m["headers"])} for m in raw]
+    return {"messages": messages,
+            "next_seq": next_seq if next_seq <= stream["last_seq"] and raw else None}
+
+
+# ------------------------------------------------------------------ actions
+
+def purge_params(subject=None, keep=None, seq=None) -> dict:
+    params = {"subject": _valid_subject(subject), "keep": _positive_int(keep, "keep", 0),
+              "seq": _positive_int(seq, "sequence", 1)}
+    if params["keep"] is not None and params["seq"] is not None:
+        raise ActionError("give either keep or sequence, not both")
+    return {k: v for k, v in params.items() if v is not None}
+
+
+def purge_preview(stream: dict, params: dict) -> dict:
+    """How many messages a purge would remove, and in words."""
+    total = stream["messages"]
+    subject = params.get("subject")
+    if subject:
+        info = bus_call(js.stream_info, stream["name"], subjects_filter=subject)
+        total = sum((info.get("state", {}).get("subjects") or {}).values())
+    exact = True
+    if "keep" in params:
+        count = max(0, total - params["keep"])
+    elif "seq" in params:
+        below = max(0, min(params["seq"], stream["last_seq"] + 1) - stream["first_seq"])
+        count = min(total, below)
+        exact = not subject and stream["num_deleted"] == 0
+    else:
+        count = total
+    words = f"{'' if exact else 'up to '}{count:,} message{'s' if count != 1 else ''}"
+    scope = [f"on subject {subject}"] if subject else []
+    if "keep" in params:
+        scope.append(f"keeping the newest {params['keep']:,}")
+    if "seq" in params:
+        scope.append(f"below sequence {params['seq']:,}")
+    return {"count": count, "exact": exact,
+            "text": f"Purge {words} from {stream['name']}" + (f" ({', '.join(scope)})" if scope else "")}
+
+
+def purge(user, name: str, subject=None, keep=None, seq=None) -> int:
+    """Purge a stream (all, by subject, keep N, up to seq). Admin only, audited."""
+    raw = {"subject": subject, "keep": keep, "seq": seq}
+    with audited(user, "stream.purge", name, {k: v for k, v in raw.items() if v not in (None, "")},
+                 "admin") as outcome:
+        params = purge_params(subject, keep, seq)
+        _require_stream(name)
+        purged = bus_call(js.purge_stream, name, **params)
+        outcome.detail = f"purged {purged}"
+    return purged
+
+
+def delete_message(user, name: str, seq) -> None:
+    """Delete one message by sequence. Admin only, audited."""
+    with audited(user, "stream.delete_message", name, {"seq": seq}, "admin") as outcome:
+        number = _positive_int(seq, "sequence", 1)
+        if number is None:
+            raise ActionError("a sequence is required")
+        _require_stream(name)
+        try:
+            bus_call(js.delete_message, name, number)
+        except js.JetStreamError as exc:
+            raise ActionError(f"no message {number} in {name}: {exc}") from exc
+        outcome.detail = f"deleted message {number}"
+
+
+def _require_stream(name: str) -> None:
+    if not name or any(c in name for c in " .*>\t/\\"):
+        raise NotFound(f"no stream named {name!r}")
+    try:
+        bus_call(js.stream_info, name)
+    except js.JetStreamError as exc:
+        if exc.err_code == js.STREAM_NOT_FOUND:
+            raise NotFound(f"no stream named {name!r}") from None
+        raise

@@ -153,3 +153,92 @@ def server_summary(nc: Client) -> dict:
         "jetstream": bool(info.get("jetstream")),
         "cluster_size": cluster_size(nc),
     }
+
+
+async def purge_stream(nc: Client, stream: str, *, subject: str | None = None,
+                       keep: int | None = None, seq: int | None = None) -> int:
+    """Purge all, or by subject, keeping N, or up to (excluding) seq; returns how many went."""
+    payload: dict[str, Any] = {}
+    if subject:
+        payload["filter"] = subject
+    if keep is not None:
+        payload["keep"] = keep
+    if seq is not None:
+        payload["seq"] = seq
+    reply = await api(nc, f"STREAM.PURGE.{stream}", payload or None, timeout=30)
+    return int(reply.get("purged", 0))
+
+
+async def delete_message(nc: Client, stream: str, seq: int) -> None:
+    await api(nc, f"STREAM.MSG.DELETE.{stream}", {"seq": seq, "no_erase": True})
+
+
+async def next_message(nc: Client, stream: str, seq: int, subject: str = ">") -> dict | None:
+    """The first message at or after ``seq`` whose subject matches; None past the end.
+
+    ``STREAM.MSG.GET`` answers on every retention (work queues included, where a
+    start-sequence consumer is refused) and skips deleted sequences for us.
+    """
+    try:
+        reply = await api(nc, f"STREAM.MSG.GET.{stream}", {"seq": seq, "next_by_subj": subject})
+    except JetStreamError as exc:
+        if exc.err_code == NO_MESSAGE_FOUND:
+            return None
+        raise
+    return decode_stored(reply["message"])
+
+
+def parse_headers(raw: bytes | None) -> dict[str, str]:
+    """``NATS/1.0`` header block -> dict (last value wins for repeated keys)."""
+    if not raw:
+        return {}
+    out: dict[str, str] = {}
+    lines = raw.decode("utf-8", errors="replace").split("\r\n")
+    for line in lines[1:]:
+        if ":" in line:
+            key, value = line.split(":", 1)
+            out[key.strip()] = value.strip()
+    status = lines[0][len("NATS/1.0"):].strip() if lines and lines[0].startswith("NATS/1.0") else ""
+    if status:
+        out["Status"] = status
+    return out
+
+
+def decode_stored(message: dict) -> dict:
+    """A ``STREAM.MSG.GET`` message with its data and headers decoded from base64."""
+    import base64
+
+    data = base64.b64decode(message.get("data") or "")
+    hdrs = base64.b64decode(message["hdrs"]) if message.get("hdrs") else b""
+    return {"subject": message.get("subject", ""), "seq": message.get("seq"),
+            "time": message.get("time"), "data": data, "headers": parse_headers(hdrs)}
+
+
+def parse_time(value: str | None):
+    """RFC 3339 with nanoseconds (as nats-server writes it) -> aware datetime, or None."""
+    from datetime import datetime
+
+    if not value:
+        return None
+    value = value.replace("Z", "+00:00")
+    if "." in value:
+        head, rest = value.split(".", 1)
+        digits = "".join(c for c in rest if c.isdigit())
+        value = f"{head}.{digits[:6].ljust(6, '0')}{rest[len(digits):]}"
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        return None
+
+
+async def message_time_search(nc: Client, stream: str, first: int, last: int, when) -> int:
+    """The first sequence stored at or after the aware datetime ``when`` (binary search)."""
+    lo, hi = first, last + 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        msg = await next_message(nc, stream, mid)
+        if msg is None or parse_time(msg["time"]) >= when:
+            hi = mid
+        else:
+            lo = msg["seq"] + 1
+    return lo

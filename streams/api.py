@@ -1,0 +1,101 @@
+"""JSON API for streams (see ../shared/INTERFACES.md). Reads come from the snapshot."""
+
+from __future__ import annotations
+
+from rest_framework import status
+from rest_framework.decorators import api_view
+from rest_framework.pagination import LimitOffsetPagination
+from rest_framework.response import Response
+
+from lucent_console.actions import ActionError
+
+from . import services
+
+STREAM_KEYS = ("name", "subjects", "retention", "storage", "replicas", "messages", "bytes",
+               "first_seq", "last_seq", "consumer_count", "num_subjects", "num_deleted",
+               "first_ts", "last_ts", "max_msgs", "max_bytes", "max_age_s", "no_ack",
+               "msgs_in_per_s", "usage_pct", "pending", "ack_pending", "replicas_ok")
+CONSUMER_KEYS = ("name", "stream", "num_pending", "num_ack_pending", "num_redelivered",
+                 "num_waiting", "delivered_stream_seq", "ack_floor_stream_seq", "max_deliver",
+                 "filter_subjects", "ack_policy", "ack_wait_s", "backoff_s", "max_ack_pending",
+                 "delivered_consumer_seq", "ack_floor_consumer_seq", "last_active",
+                 "delivered_per_s", "acked_per_s", "drain_s", "stalled", "floor_stuck", "durable")
+
+
+class Page(LimitOffsetPagination):
+    default_limit = 100
+    max_limit = 1000
+
+
+def _pick(record: dict, keys) -> dict:
+    return {k: record.get(k) for k in keys}
+
+
+def _error(exc: ActionError) -> Response:
+    return Response({"error": str(exc)}, status=exc.status)
+
+
+def _snapshot_or_503():
+    snapshot = services.current_snapshot()
+    if snapshot is None:
+        return None, Response({"error": services.live_status()["error"]},
+                              status=status.HTTP_503_SERVICE_UNAVAILABLE)
+    return snapshot, None
+
+
+@api_view(["GET"])
+def stream_list(request):
+    snapshot, error = _snapshot_or_503()
+    if error:
+        return error
+    rows = sorted(snapshot["streams"].values(), key=lambda s: s["name"])
+    paginator = Page()
+    page = paginator.paginate_queryset([_pick(s, STREAM_KEYS) for s in rows], request)
+    return paginator.get_paginated_response(page)
+
+
+@api_view(["GET"])
+def stream_detail(request, name: str):
+    snapshot, error = _snapshot_or_503()
+    if error:
+        return error
+    try:
+        stream = services.get_stream(snapshot, name)
+    except ActionError as exc:
+        return _error(exc)
+    return Response({**_pick(stream, STREAM_KEYS), "cluster": stream["cluster"],
+                     "consumers": [_pick(c, CONSUMER_KEYS)
+                                   for c in services.consumers_of(snapshot, name)],
+                     "snapshot_at": snapshot.get("at"), "ok": snapshot.get("ok")})
+
+
+@api_view(["GET"])
+def consumer_list(request, name: str):
+    snapshot, error = _snapshot_or_503()
+    if error:
+        return error
+    try:
+        services.get_stream(snapshot, name)
+    except ActionError as exc:
+        return _error(exc)
+    return Response([_pick(c, CONSUMER_KEYS) for c in services.consumers_of(snapshot, name)])
+
+
+@api_view(["POST"])
+def purge(request, name: str):
+    data = request.data if isinstance(request.data, dict) else {}
+    try:
+        purged = services.purge(request.user, name, data.get("subject"), data.get("keep"),
+                                data.get("seq"))
+    except ActionError as exc:
+        return _error(exc)
+    return Response({"purged": purged, "stream": name})
+
+
+@api_view(["DELETE"])
+def delete_message(request, name: str, seq: str):
+    try:
+        services.delete_message(request.user, name, seq)
+    except ActionError as exc:
+        return _error(exc)
+    return Response({"deleted": int(seq), "stream": name})

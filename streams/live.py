@@ -1,0 +1,125 @@
+"""The web process's copy of the collector's snapshot, kept live by deltas.
+
+One ``Relay`` per web process subscribes to the collector's deltas on the bus,
+applies them, and tells this process's websocket consumers what changed
+through the channel layer (group ``relay.group``, named for this process so
+that with a shared Redis layer each process still serves only its own
+sockets). A gap in the deltas, or a delta on a fresh start, fetches the whole
+snapshot again: like a client that lost its place, it reloads the state
+rather than replaying the gap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+import socket
+import time
+
+from channels.layers import get_channel_layer
+from django.conf import settings
+
+from lucent_console.bus import live
+from lucent_console.bus.client import web_client
+
+from . import snapshot as snap
+
+log = logging.getLogger("lucent.live")
+SPARK_POINTS = 60
+
+
+class Relay:
+    def __init__(self) -> None:
+        self.snapshot: dict | None = None
+        self.received_at: float | None = None
+        self.history: dict[str, collections.deque] = {}
+        self.group = f"live.{socket.gethostname()[:40]}.{os.getpid()}".replace("_", "-")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lock: asyncio.Lock | None = None
+        self._render_cache: dict = {}
+        self._render_seq = None
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def ensure_started(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._loop is loop:
+            if self.snapshot is None:
+                await self.refresh()
+            return
+        if self._lock is None or self._loop is not loop:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            if self._loop is loop:
+                return
+            nc = await web_client.get()
+            await live.subscribe_deltas(nc, self.on_delta)
+            self._loop = loop
+            await self.refresh()
+
+    async def refresh(self) -> bool:
+        try:
+            nc = await web_client.get()
+            self._set(await live.fetch_full(nc, timeout=3))
+            return True
+        except Exception as exc:
+            log.debug("relay: no full snapshot: %s", exc)
+            return False
+
+    # ------------------------------------------------------------ updates
+
+    async def on_delta(self, delta: dict) -> None:
+        new = snap.apply_delta(self.snapshot, delta)
+        if new is None:
+            if not await self.refresh():
+                return
+            changed = {"full": True, "streams": [], "consumers": [], "membership": True,
+                       "ok": self.snapshot.get("ok")}
+        else:
+            self._set(new)
+            changed = snap.changed_keys(delta)
+        layer = get_channel_layer()
+        if layer is not None:
+            await layer.group_send(self.group, {"type": "snapshot.updated", "changed": changed,
+                                                "seq": self.snapshot.get("seq")})
+
+    def _set(self, snapshot: dict) -> None:
+        previous_seq = (self.snapshot or {}).get("seq")
+        self.snapshot = snapshot
+        self.received_at = time.time()
+        if snapshot.get("ok") and snapshot.get("seq") != previous_seq:
+            for name, s in snapshot.get("streams", {}).items():
+                points = self.history.setdefault(name, collections.deque(maxlen=SPARK_POINTS))
+                points.append(s.get("msgs_in_per_s") or 0.0)
+            for gone in set(self.history) - set(snapshot.get("streams", {})):
+                del self.history[gone]
+
+    # ------------------------------------------------------------ reading
+
+    def status(self) -> dict:
+        """Freshness of what the pages show."""
+        s = self.snapshot
+        if s is None:
+            return {"ok": False, "error": "no data from the collector yet", "age_s": None}
+        age = time.time() - s["at"] if s.get("at") else None
+        silent = self.received_at and time.time() - self.received_at > 5 * settings.LUCENT_SWEEP_INTERVAL + 2
+        error = s.get("error")
+        if silent:
+            error = error or "the collector has sent nothing for a while"
+        return {"ok": bool(s.get("ok")) and not silent, "error": error,
+                "age_s": round(age, 1) if age is not None else None,
+                "sweep_ms": s.get("sweep_ms"), "seq": s.get("seq"), "server": s.get("server", {})}
+
+    def render_once(self, key, render):
+        """Render a fragment once per snapshot for all the sockets that show it."""
+        seq = (self.snapshot or {}).get("seq")
+        if seq != self._render_seq:
+            self._render_cache, self._render_seq = {}, seq
+        if key not in self._render_cache:
+            self._render_cache[key] = render()
+        return self._render_cache[key]
+
+
+relay = Relay()

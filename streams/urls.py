@@ -1,0 +1,14 @@
+from django.urls import path
+
+from . import views
+
+app_name = "streams"
+urlpatterns = [
+    path("", views.stream_list, name="list"),
+    path("<str:name>/", views.stream_detail, name="detail"),
+    path("<str:name>/messages/", views.stream_messages, name="messages"),
+    path("<str:name>/purge/preview/", views.purge_preview, name="purge_preview"),
+    path("<str:name>/purge/", views.purge, name="purge"),
+    path("<str:name>/delete/preview/", views.delete_preview, name="delete_preview"),
+    path("<str:name>/delete/", views.delete_message, name="delete"),
+]

@@ -1,0 +1,131 @@
+"""Stream pages. Short views: read the snapshot or call the service layer."""
+
+from __future__ import annotations
+
+from django.http import Http404, HttpResponse
+from django.shortcuts import render
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_POST
+
+from lucent_console.actions import ActionError, Refused
+from lucent_console.roles import has_role
+
+from . import history, services
+from .models import Sample
+
+
+def _listing_args(params) -> dict:
+    try:
+        page = int(params.get("page", 1))
+    except ValueError:
+        page = 1
+    return {"q": params.get("q", ""), "sort": params.get("sort", "name"),
+            "desc": params.get("desc") == "1", "page": page}
+
+
+@require_GET
+def stream_list(request):
+    args = _listing_args(request.GET)
+    listing = services.stream_page(services.current_snapshot(), **args)
+    request.live_panel = {"panel": "streams", **{k: v for k, v in args.items()}}
+    return render(request, "streams/list.html", {
+        "listing": listing, "page": "streams", "spark": services.relay.history})
+
+
+@require_GET
+def stream_detail(request, name: str):
+    snapshot = services.current_snapshot()
+    try:
+        stream = services.get_stream(snapshot, name)
+    except ActionError as exc:
+        raise Http404(str(exc)) from None
+    range_ = request.GET.get("range", "1h")
+    if range_ not in history.RANGES:
+        range_ = "1h"
+    request.live_panel = {"panel": "stream", "name": name}
+    return render(request, "streams/detail.html", {
+        "s": stream, "page": "streams", "consumers": services.consumers_of(snapshot, name),
+        "top": services.top_subjects(stream), "ranges": list(history.RANGES), "range": range_,
+        "chart": history.series(Sample.STREAM, name, range_), "live_chart": range_ in ("15m", "1h"),
+    })
+
+
+@require_GET
+def stream_messages(request, name: str):
+    ctx: dict = {}
+    try:
+        stream = services.get_stream(services.current_snapshot(), name)
+        result = services.browse(stream, request.GET.get("seq"), request.GET.get("time"),
+                                 request.GET.get("subject"), request.GET.get("count", 20))
+        ctx.update(result)
+        if result["next_seq"]:
+            query = request.GET.copy()
+            query["seq"] = result["next_seq"]
+            query.pop("time", None)
+            ctx["next_url"] = f"{reverse('streams:messages', args=[name])}?{query.urlencode()}"
+    except ActionError as exc:
+        ctx["error"] = str(exc)
+        return render(request, "fragments/messages.html", ctx, status=exc.status)
+    return render(request, "fragments/messages.html", ctx)
+
+
+def _error(request, exc: ActionError) -> HttpResponse:
+    return render(request, "fragments/action_result.html", {"error": str(exc)}, status=exc.status)
+
+
+@require_POST
+def purge_preview(request, name: str):
+    data = request.POST
+    try:
+        if not has_role(request.user, "admin"):
+            raise Refused("purging needs the admin role")
+        params = services.purge_params(data.get("subject"), data.get("keep"), data.get("seq"))
+        stream = services.get_stream(services.current_snapshot(), name)
+        preview = services.purge_preview(stream, params)
+    except ActionError as exc:
+        return _error(request, exc)
+    return render(request, "fragments/confirm.html", {
+        "text": preview["text"], "params": params, "stream": name, "button": "Purge",
+        "action": reverse("streams:purge", args=[name])})
+
+
+@require_POST
+def purge(request, name: str):
+    data = request.POST
+    try:
+        if data.get("confirm") != name:
+            raise ActionError("not confirmed: the confirmation must name the stream")
+        purged = services.purge(request.user, name, data.get("subject"), data.get("keep"),
+                                data.get("seq"))
+    except ActionError as exc:
+        return _error(request, exc)
+    return render(request, "fragments/action_result.html",
+                  {"message": f"Purged {purged:,} message{'s' if purged != 1 else ''} from {name}."})
+
+
+@require_POST
+def delete_preview(request, name: str):
+    try:
+        if not has_role(request.user, "admin"):
+            raise Refused("deleting messages needs the admin role")
+        seq = services.purge_params(seq=request.POST.get("seq")).get("seq")
+        if seq is None:
+            raise ActionError("a sequence is required")
+        services.get_stream(services.current_snapshot(), name)
+    except ActionError as exc:
+        return _error(request, exc)
+    return render(request, "fragments/confirm.html", {
+        "text": f"Delete message #{seq:,} from {name}", "params": {"seq": seq}, "stream": name,
+        "button": "Delete", "action": reverse("streams:delete", args=[name])})
+
+
+@require_POST
+def delete_message(request, name: str):
+    try:
+        if request.POST.get("confirm") != name:
+            raise ActionError("not confirmed: the confirmation must name the stream")
+        services.delete_message(request.user, name, request.POST.get("seq"))
+    except ActionError as exc:
+        return _error(request, exc)
+    return render(request, "fragments/action_result.html",
+                  {"message": f"Deleted message #{request.POST.get('seq')} from {name}."})
