@@ -62,8 +62,9 @@ class LiveConsumer(AsyncWebsocketConsumer):
     async def send_panel(self, changed: dict | None) -> None:
         full = changed is None or changed.get("full")
         snapshot = relay.snapshot
-        parts = [relay.render_once(("status",), lambda: _fragment(
-            "fragments/live_status.html", live=relay.status()))]
+        status = relay.status()
+        parts = [relay.render_once(("status", repr(sorted(status.items()))), lambda: _fragment(
+            "fragments/live_status.html", live=status))]
         if snapshot is not None:
             handler = getattr(self, f"panel_{self.panel}", None)
             if handler is not None:

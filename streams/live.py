@@ -58,6 +58,7 @@ class Relay:
             await live.subscribe_deltas(nc, self.on_delta)
             self._loop = loop
             await self.refresh()
+            loop.create_task(self._watch(loop))
 
     async def refresh(self) -> bool:
         try:
@@ -67,6 +68,22 @@ class Relay:
         except Exception as exc:
             log.debug("relay: no full snapshot: %s", exc)
             return False
+
+    async def _watch(self, loop) -> None:
+        """Tell the sockets when the data goes stale (or fresh) with no delta to say it:
+        a bus that is down carries no deltas."""
+        last = None
+        while self._loop is loop:
+            await asyncio.sleep(max(0.5, settings.LUCENT_SWEEP_INTERVAL))
+            status = self.status()
+            shown = (status["ok"], status["error"], round(status["age_s"] or 0) if not status["ok"] else 0)
+            if shown != last:
+                last = shown
+                layer = get_channel_layer()
+                if layer is not None:
+                    await layer.group_send(self.group, {"type": "snapshot.updated", "changed": {
+                        "full": False, "streams": [], "consumers": [], "membership": False,
+                        "status_only": True}})
 
     # ------------------------------------------------------------ updates
 

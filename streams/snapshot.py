@@ -217,9 +217,11 @@ def failed(previous: dict | None, error: str, now: float | None = None) -> dict:
 
 # ------------------------------------------------------------------ deltas
 
+HEAD = ("seq", "at", "ok", "error", "server", "sweep_ms", "failed_at")
+
 def diff(old: dict | None, new: dict) -> dict:
     """What changed from ``old`` to ``new``; ``full`` when there is no base."""
-    head = {k: new.get(k) for k in ("seq", "at", "ok", "error", "server", "sweep_ms", "failed_at")}
+    head = {k: new[k] for k in HEAD if k in new}
     if not old:
         return {**head, "full": True, "streams": new["streams"], "consumers": new["consumers"]}
     delta = {**head, "base": old.get("seq")}
@@ -237,9 +239,8 @@ def apply_delta(snapshot: dict | None, delta: dict) -> dict | None:
         return {k: v for k, v in delta.items() if k != "full"}
     if not snapshot or delta.get("base") != snapshot.get("seq"):
         return None
-    out = {**snapshot}
-    for key in ("seq", "at", "ok", "error", "server", "sweep_ms", "failed_at"):
-        out[key] = delta.get(key)
+    out = {k: v for k, v in snapshot.items() if k not in HEAD}
+    out.update({k: delta[k] for k in HEAD if k in delta})
     for table in ("streams", "consumers"):
         merged = {**snapshot.get(table, {}), **delta.get(table, {})}
         for gone in delta.get(f"removed_{table}", []):

@@ -59,3 +59,91 @@ def users(db):
 def viewer_client(client, users):
     client.force_login(users["viewer"])
     return client
+
+
+class CollectorThread:
+    """The real collector's sweep loop, in a thread of the test process.
+
+    Sweeps every ``interval`` seconds and answers full-snapshot requests, as
+    ``manage.py collector`` does (minus the heartbeat row, which would fight
+    the test's database transaction).
+    """
+
+    def __init__(self, url: str, interval: float = 0.25) -> None:
+        import asyncio
+        import threading
+
+        self.url, self.interval = url, interval
+        self.loop = asyncio.new_event_loop()
+        self.collector = None
+        self.ready = threading.Event()
+        self.stopping = False
+        self.thread = threading.Thread(target=self.loop.run_until_complete, args=(self._run(),),
+                                       daemon=True)
+        self.thread.start()
+        assert self.ready.wait(10), "collector thread did not start"
+
+    async def _run(self):
+        import asyncio
+
+        from lucent_console.bus import live
+        from lucent_console.collector import Collector
+
+        nc = await connect("collector", BusConfig.from_env({"NATS_URL": self.url}),
+                           retry_initial=False)
+        self.collector = Collector(nc, self.interval)
+        await live.serve_full(nc, lambda: self.collector.snapshot)
+        await self.collector.sweep_once()
+        self.ready.set()
+        while not self.stopping:
+            await asyncio.sleep(self.interval)
+            await self.collector.sweep_once()
+        await nc.close()
+
+    @property
+    def snapshot(self) -> dict:
+        return self.collector.snapshot
+
+    def wait_for(self, predicate, timeout: float = 10.0) -> dict:
+        import time
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            snap = self.collector.snapshot
+            if snap and predicate(snap):
+                return snap
+            time.sleep(0.05)
+        raise AssertionError("the snapshot never satisfied the condition")
+
+    def stop(self) -> None:
+        self.stopping = True
+        self.thread.join(10)
+
+
+@pytest.fixture
+def collector(fresh_server, monkeypatch):
+    """A collector sweeping the test's own bus; NATS_URL points the web side at it."""
+    monkeypatch.setenv("NATS_URL", fresh_server.url)
+    c = CollectorThread(fresh_server.url)
+    yield c
+    c.stop()
+
+
+def run(coro):
+    """Run a coroutine from a sync test (bus setup before driving the web client)."""
+    import asyncio
+
+    return asyncio.run(coro)
+
+
+async def bus(url: str):
+    return await connect("test-setup", BusConfig.from_env({"NATS_URL": url}), retry_initial=False)
+
+
+@pytest.fixture(autouse=True)
+def fresh_relay():
+    """Each test starts with a web side that has seen no snapshot."""
+    from streams.live import relay
+
+    relay.__init__()
+    yield relay

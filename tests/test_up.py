@@ -6,109 +6,12 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
-import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from lucent_console.bus import embedded
-
-ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = os.getenv("LUCENT_CHROMIUM", "/usr/bin/chromium")
-PASSWORD = "test-admin-pw-1"
-
-
-def descendants(pid: int) -> set[int]:
-    """Every process below ``pid`` (children first found through /proc)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
-    out, todo = set(), [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in out:
-                out.add(child)
-                todo.append(child)
-    return out
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
-def cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
-
-
-class Console:
-    def __init__(self, tmp: Path) -> None:
-        self.port = embedded.free_port()
-        self.nats_port = embedded.free_port()
-        env = {k: v for k, v in os.environ.items()
-               if k not in ("NATS_URL", "DATABASE_URL", "REDIS_URL")}
-        env.update(LUCENT_VAR_DIR=str(tmp / "var"), LUCENT_ADMIN_PASSWORD=PASSWORD,
-                   LUCENT_NATS_PORT=str(self.nats_port), PYTHONUNBUFFERED="1",
-                   LUCENT_DEMO_POISON="0.3")
-        self.lines: list[str] = []
-        self.proc = subprocess.Popen(
-            [sys.executable, "manage.py", "up", "--demo", "--port", str(self.port)],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            start_new_session=True)
-        threading.Thread(target=self._read, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def _read(self) -> None:
-        for raw in iter(self.proc.stdout.readline, b""):
-            self.lines.append(raw.decode(errors="replace").rstrip())
-
-    def wait_for(self, text: str, timeout: float = 90.0) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for line in list(self.lines):
-                if text in line:
-                    return line
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.1)
-        raise AssertionError(f"{text!r} not seen; output:\n" + "\n".join(self.lines[-60:]))
-
-    def get(self, path: str) -> tuple[int, bytes]:
-        try:
-            with urllib.request.urlopen(self.url + path, timeout=10) as r:
-                return r.status, r.read()
-        except urllib.error.HTTPError as e:
-            return e.code, e.read()
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            for pid in descendants(self.proc.pid):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            self.proc.kill()
-            self.proc.wait()
+from .support import CHROMIUM, CHROMIUM_ARGS, PASSWORD, Console, alive, chromium_or_skip, cmdline, descendants
 
 
 @pytest.fixture(scope="module")
@@ -139,15 +42,11 @@ def test_up_serves_the_console_on_its_own_bus(console):
 
 @pytest.mark.browser
 def test_a_browser_logs_in_and_sees_the_live_console(console, tmp_path):
-    if not Path(CHROMIUM).exists():
-        if os.getenv("CI"):
-            pytest.fail(f"{CHROMIUM} missing: .ci/run must install Debian's chromium")
-        pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium)")
+    chromium_or_skip()
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page()
             frames = []
@@ -158,12 +57,14 @@ def test_a_browser_logs_in_and_sees_the_live_console(console, tmp_path):
             page.fill("input[name=password]", PASSWORD)
             page.click("button[type=submit]")
             page.wait_for_selector("h1:has-text('Overview')")
-            assert page.locator("#bus-status").inner_text().startswith("Bus connected")
+            page.wait_for_selector("#live-status.ok", timeout=15000)
+            assert "nats-server 2.15" in page.locator("#live-status").inner_text()
+            page.click("nav >> text=Streams")
+            page.wait_for_selector("#streams-table")
             table = page.locator("#streams-table").inner_text()
             for name in ("DOMAIN_EVENTS", "COMMANDS", "AGENT_COORDINATION", "HIERARCHY",
                          "DEAD_LETTERS", "LUCENT_ADVISORIES"):
                 assert name in table
-            page.wait_for_function("() => document.querySelector('#bus-status') !== null")
             deadline = time.monotonic() + 10
             while not frames and time.monotonic() < deadline:
                 page.wait_for_timeout(100)

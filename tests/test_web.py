@@ -31,7 +31,8 @@ def test_it_requires_login_everywhere_but_healthz(client, nats_server):
     assert "/" in paths and "/streams/" in paths and "/healthz" in paths
     for path in paths:
         response = client.get(path)
-        if path in ("/healthz", "/login/"):
+        if path in ("/healthz", "/login/", "/metrics"):
+            # /metrics: open on loopback while LUCENT_METRICS_TOKEN is unset (test_metrics)
             assert response.status_code == 200, path
         elif path.startswith("/api/"):
             assert response.status_code in (401, 403), path  # API clients get no redirect
@@ -75,12 +76,9 @@ def test_healthz_says_503_and_why_without_a_bus(client, monkeypatch):
     assert body["bus"]["servers"] == [f"nats://***@127.0.0.1:{port}"]
 
 
-def test_the_overview_shows_streams_and_lint_findings_escaped(viewer_client, fresh_server,
-                                                              monkeypatch):
-    monkeypatch.setenv("NATS_URL", fresh_server.url)
-
+def test_the_overview_and_list_show_lint_findings_and_escape_names(viewer_client, collector):
     async def setup():
-        nc = await connect("t", BusConfig.from_env({"NATS_URL": fresh_server.url}),
+        nc = await connect("t", BusConfig.from_env({"NATS_URL": collector.url}),
                            retry_initial=False)
         await topology.apply(nc, topology.ADR_LITERAL)
         await js.add_stream(nc, {"name": "EVIL", "subjects": ["evil.<img/src=x/onerror=alert(1)"],
@@ -88,18 +86,21 @@ def test_the_overview_shows_streams_and_lint_findings_escaped(viewer_client, fre
         await nc.close()
 
     asyncio.run(setup())
+    collector.wait_for(lambda s: len(s["streams"]) == 5)
     page = viewer_client.get("/").content.decode()
-    assert "DOMAIN_EVENTS" in page and "HIERARCHY" in page
     assert "single-token-wildcard" in page and "interest-without-consumers" in page
-    assert "<img/src" not in page
-    assert "evil.&lt;img/src=x/onerror=alert(1)" in page
+    assert "interest retention drops every message" in page  # needs attention: DOMAIN_EVENTS
+    listing = viewer_client.get("/streams/").content.decode()
+    assert "DOMAIN_EVENTS" in listing and "HIERARCHY" in listing
+    assert "<img/src" not in listing
+    assert "evil.&lt;img/src=x/onerror=alert(1)" in listing
 
 
 def test_the_overview_says_when_the_bus_is_away(viewer_client, monkeypatch):
     monkeypatch.setenv("NATS_URL", f"nats://127.0.0.1:{embedded.free_port()}")
     page = viewer_client.get("/")
     assert page.status_code == 200
-    assert b"Bus unreachable" in page.content
+    assert b"no data from the collector yet" in page.content
 
 
 def test_unfinished_pages_say_which_issue_fills_them(viewer_client, nats_server):

@@ -7,7 +7,6 @@ import logging
 import random
 import time
 
-import nats
 from nats.aio.client import Client
 
 from .config import BusConfig
@@ -20,6 +19,20 @@ MAX_BACKOFF = 10.0
 def backoff_delay(attempt: int, base: float = 0.25, cap: float = MAX_BACKOFF) -> float:
     """Exponential backoff with jitter: 0.25 s, 0.5 s, 1 s ... capped at ``cap``."""
     return min(cap, base * (2 ** min(attempt, 16))) * random.uniform(0.8, 1.2)
+
+
+class LucentClient(Client):
+    """nats-py's client, keeping the cluster's server list current.
+
+    nats-py reads ``connect_urls`` from later INFO messages only to grow its
+    server pool; we also keep them in ``_server_info`` so that the cluster
+    size seen by ``jetstream.cluster_size`` follows the cluster as it forms.
+    """
+
+    async def _process_info(self, info, initial_connection=False):
+        await super()._process_info(info, initial_connection)
+        if not initial_connection and info.get("connect_urls"):
+            self._server_info["connect_urls"] = info["connect_urls"]
 
 
 def _pick_server(servers, _info):
@@ -86,21 +99,24 @@ async def connect(
     attempt = 0
     while True:
         try:
-            nc = await nats.connect(
+            nc = LucentClient()
+            await nc.connect(
                 name=f"lucent-console {name}",
                 error_cb=on_error,
                 disconnected_cb=on_disconnected,
                 reconnected_cb=on_reconnected,
-                max_reconnect_attempts=-1,
+                max_reconnect_attempts=1,
                 reconnect_time_wait=0.5,
                 reconnect_to_server_handler=_pick_server,
                 connect_timeout=connect_timeout,
-                # nats-py retries a failed *first* connect forever when reconnects
-                # are allowed; we want that loop here, with backoff and a way out.
+                # nats-py would retry a failed *first* connect forever; this loop
+                # does it instead, with backoff and a way out. Once connected,
+                # reconnects are unlimited.
                 allow_reconnect=False,
                 **config.connect_options(),
             )
             nc.options["allow_reconnect"] = True
+            nc.options["max_reconnect_attempts"] = -1
         except Exception as exc:  # nats-py raises several unrelated types here
             state.last_error = f"{type(exc).__name__}: {exc}"
             if not retry_initial:

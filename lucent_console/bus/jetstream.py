@@ -132,16 +132,13 @@ def cluster_size(nc: Client) -> int:
     """How many servers the bus has, from the INFO the server sent us.
 
     A clustered server names its cluster and gossips the client URLs of all its
-    peers (``connect_urls``, itself included); a lone server has neither. The
-    INFO of the connect may predate the cluster forming: servers announced
-    later (nats-py marks them ``discovered`` in its pool) count too.
+    peers (``connect_urls``, itself included, kept current by ``LucentClient``
+    as the cluster changes); a lone server has neither.
     """
     info = getattr(nc, "_server_info", {}) or {}
     if not info.get("cluster"):
         return 1
-    urls = {u.split("://")[-1] for u in info.get("connect_urls") or []}
-    urls |= {s.uri.netloc for s in getattr(nc, "_server_pool", []) if s.discovered}
-    return max(1, len(urls))
+    return max(1, len(set(info.get("connect_urls") or [])))
 
 
 def server_summary(nc: Client) -> dict:

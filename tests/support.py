@@ -1,0 +1,158 @@
+"""Helpers shared by the end-to-end tests: a real `manage.py up` and its process tree."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from lucent_console.bus import embedded
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = os.getenv("LUCENT_CHROMIUM", "/usr/bin/chromium")
+PASSWORD = "test-admin-pw-1"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below ``pid`` (children first found through /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in out:
+                out.add(child)
+                todo.append(child)
+    return out
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+class Console:
+    def __init__(self, tmp: Path, nats_url: str | None = None, demo: bool = True) -> None:
+        self.port = embedded.free_port()
+        self.nats_port = embedded.free_port()
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("NATS_URL", "DATABASE_URL", "REDIS_URL")}
+        env.update(LUCENT_VAR_DIR=str(tmp / "var"), LUCENT_ADMIN_PASSWORD=PASSWORD,
+                   LUCENT_NATS_PORT=str(self.nats_port), PYTHONUNBUFFERED="1",
+                   LUCENT_DEMO_POISON="0.3")
+        if nats_url:
+            env["NATS_URL"] = nats_url
+        self.lines: list[str] = []
+        self.proc = subprocess.Popen(
+            [sys.executable, "manage.py", "up", "--port", str(self.port)] + (["--demo"] if demo else []),
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            start_new_session=True)
+        threading.Thread(target=self._read, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _read(self) -> None:
+        for raw in iter(self.proc.stdout.readline, b""):
+            self.lines.append(raw.decode(errors="replace").rstrip())
+
+    def wait_for(self, text: str, timeout: float = 90.0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in list(self.lines):
+                if text in line:
+                    return line
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise AssertionError(f"{text!r} not seen; output:\n" + "\n".join(self.lines[-60:]))
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=10) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            for pid in descendants(self.proc.pid):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            self.proc.kill()
+            self.proc.wait()
+
+
+
+
+def chromium_or_skip():
+    import pytest
+
+    if not Path(CHROMIUM).exists():
+        if os.getenv("CI"):
+            pytest.fail(f"{CHROMIUM} missing: .ci/run must install Debian's chromium")
+        pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium)")
+
+
+def login(page, base_url: str) -> None:
+    page.goto(base_url + "/login/")
+    page.fill("input[name=username]", "admin")
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_selector("h1")
+
+
+class WebsocketClient:
+    """A websocket client for ASGI apps (what Channels' WebsocketCommunicator does,
+    without importing channels.testing, which needs Daphne)."""
+
+    def __init__(self, application, path: str, headers: list | None = None) -> None:
+        from asgiref.testing import ApplicationCommunicator
+
+        path, _, query = path.partition("?")
+        scope = {"type": "websocket", "path": path, "query_string": query.encode(),
+                 "headers": headers or [], "subprotocols": [], "scheme": "ws",
+                 "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 80)}
+        self.comm = ApplicationCommunicator(application, scope)
+
+    async def connect(self, timeout: float = 5):
+        await self.comm.send_input({"type": "websocket.connect"})
+        response = await self.comm.receive_output(timeout)
+        return response["type"] == "websocket.accept", response.get("code")
+
+    async def receive_from(self, timeout: float = 1) -> str:
+        message = await self.comm.receive_output(timeout)
+        assert message["type"] == "websocket.send", message
+        return message.get("text") or message.get("bytes", b"").decode()
+
+    async def disconnect(self, code: int = 1000, timeout: float = 1) -> None:
+        await self.comm.send_input({"type": "websocket.disconnect", "code": code})
+        await self.comm.wait(timeout)

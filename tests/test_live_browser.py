@@ -1,0 +1,101 @@
+"""The live console in a real Chromium, against `manage.py up` and a bus the test owns."""
+
+import asyncio
+import concurrent.futures
+import json
+import time
+
+import pytest
+
+from lucent_console.bus import embedded
+from lucent_console.bus import jetstream as js
+from lucent_console.bus.client import connect
+from lucent_console.bus.config import BusConfig
+
+from .support import CHROMIUM, CHROMIUM_ARGS, Console, chromium_or_skip, login
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(scope="module")
+def bus_server(tmp_path_factory):
+    store = tmp_path_factory.mktemp("bus")
+    server = embedded.single(store / "js").start().wait()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def console(tmp_path_factory, bus_server):
+    c = Console(tmp_path_factory.mktemp("console"), nats_url=bus_server.url, demo=False)
+    try:
+        c.wait_for("Lucent Console is running at")
+        yield c
+    finally:
+        c.kill()
+
+
+@pytest.fixture(scope="module")
+def page(console):
+    chromium_or_skip()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        pg = browser.new_page()
+        login(pg, console.url)
+        yield pg
+        browser.close()
+
+
+def _add_stream(url: str, name: str) -> None:
+    async def go():
+        nc = await connect("t", BusConfig.from_env({"NATS_URL": url}), retry_initial=False)
+        await js.add_stream(nc, {"name": name, "subjects": [f"{name.lower()}.>"], "storage": "memory"})
+        await nc.jetstream().publish(f"{name.lower()}.x", b"<script>window.__pwned=1</script>")
+        await nc.close()
+
+    # Playwright's sync API owns this thread's event loop: use another thread.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, go()).result(30)
+
+
+def test_a_stream_created_while_the_page_is_open_appears_without_reload(page, console, bus_server):
+    page.goto(console.url + "/streams/")
+    page.wait_for_selector("#stream-COMMANDS")
+    page.wait_for_selector("#live-status.ok", timeout=15000)
+    page.evaluate("window.__still_here = true")
+    _add_stream(bus_server.url, "APPEARS_LIVE")
+    page.wait_for_selector("#stream-APPEARS_LIVE", timeout=10000)
+    assert page.evaluate("window.__still_here") is True  # same document: no reload
+    row = page.locator("#stream-APPEARS_LIVE").inner_text()
+    assert "appears_live.>" in row
+    page.goto(console.url + "/streams/APPEARS_LIVE/")
+    page.fill("input[name=seq]", "1")
+    page.click("text=Read")
+    page.wait_for_selector("article.msg")
+    assert "<script>window.__pwned=1</script>" in page.locator("article.msg pre").inner_text()
+    assert page.evaluate("window.__pwned") is None
+
+
+def test_the_console_keeps_serving_while_the_bus_is_down_and_recovers(page, console, bus_server):
+    page.goto(console.url + "/streams/")
+    page.wait_for_selector("#live-status.ok", timeout=15000)
+    bus_server.stop()
+    try:
+        page.wait_for_selector("#live-status.down", timeout=15000)  # told live, over the socket
+        assert "data from" in page.locator("#live-status").inner_text()
+        status, body = console.get("/healthz")
+        assert status == 503 and "bus" in json.loads(body)["reason"]
+        status, body = console.get("/login/")
+        assert status == 200
+        assert page.locator("#stream-COMMANDS").count() == 1  # last data still shown
+    finally:
+        bus_server.start().wait()
+    page.wait_for_selector("#live-status.ok", timeout=30000)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and console.get("/healthz")[0] != 200:
+        time.sleep(0.5)
+    assert console.get("/healthz")[0] == 200
+    _add_stream(bus_server.url, "AFTER_OUTAGE")
+    page.wait_for_selector("#stream-AFTER_OUTAGE", timeout=10000)
