@@ -40,13 +40,10 @@ class Collector:
 
     async def sweep_once(self) -> dict:
         """Sweep, build, publish the delta. Never raises."""
-        started = time.monotonic()
         try:
             if not self.nc.is_connected:
                 raise ConnectionError("bus unreachable (reconnecting)")
-            streams, consumers = await snap.sweep(self.nc)
-            new = self.tracker.build(streams, consumers, js.server_summary(self.nc),
-                                     sweep_ms=(time.monotonic() - started) * 1000)
+            new = await self.tracker.collect(self.nc, js.server_summary(self.nc))
         except Exception as exc:
             new = snap.failed(self.snapshot, f"{type(exc).__name__}: {exc}")
         delta = snap.diff(self.snapshot, new)

@@ -83,9 +83,13 @@ class Tracker:
         self.seq = 0
         self.rates: dict[str, Rate] = {}
         self.since: dict[str, Since] = {}
+        self._live: set[str] = set()
 
     def rate(self, key: str, t: float, value: float) -> float | None:
-        return self.rates.setdefault(key, Rate()).add(t, value)
+        tracker = self.rates.get(key)
+        if tracker is None:
+            tracker = self.rates[key] = Rate()
+        return tracker.add(t, value)
 
     def unchanged_for(self, key: str, value: Any, t: float) -> float:
         since = self.since.get(key)
@@ -94,27 +98,64 @@ class Tracker:
         return t - since.update(value, t)
 
     def forget(self, live_keys: set[str]) -> None:
+        if live_keys == self._live:
+            return  # nothing came or went since the last sweep
+        self._live = live_keys
         for table in (self.rates, self.since):
             for key in [k for k in table if k.split("|")[0] not in live_keys]:
                 del table[key]
 
     def build(self, streams: list[dict], consumers: dict[str, list[dict]], server: dict,
               now: float | None = None, sweep_ms: float = 0.0) -> dict:
+        """One snapshot from raw STREAM.LIST and CONSUMER.LIST replies."""
         now = time.time() if now is None else now
+        out_streams = {info["config"]["name"]: self._stream(info, now) for info in streams}
+        out_consumers = {}
+        for name in out_streams:
+            for c in consumers.get(name, []):
+                record = self._consumer(name, c, now)
+                out_consumers[f"{name}/{record['name']}"] = record
+        return self.assemble(out_streams, out_consumers, server, now, sweep_ms)
+
+    def assemble(self, streams: dict[str, dict], consumers: dict[str, dict], server: dict,
+                 now: float, sweep_ms: float) -> dict:
+        for record in consumers.values():
+            stream = streams.get(record["stream"])
+            if stream is not None:
+                stream["pending"] += record["num_pending"]
+                stream["ack_pending"] += record["num_ack_pending"]
+        self.forget(set(streams) | set(consumers))
         self.seq += 1
-        out_streams: dict[str, dict] = {}
-        out_consumers: dict[str, dict] = {}
-        for info in streams:
-            record = self._stream(info, now)
-            out_streams[record["name"]] = record
-            for c in consumers.get(record["name"], []):
-                crec = self._consumer(record["name"], c, now)
-                out_consumers[f"{record['name']}/{crec['name']}"] = crec
-                record["pending"] += crec["num_pending"]
-                record["ack_pending"] += crec["num_ack_pending"]
-        self.forget(set(out_streams) | set(out_consumers))
         return {"seq": self.seq, "at": now, "ok": True, "error": None, "server": server,
-                "sweep_ms": round(sweep_ms, 2), "streams": out_streams, "consumers": out_consumers}
+                "sweep_ms": round(sweep_ms, 2), "streams": streams, "consumers": consumers}
+
+    async def collect(self, nc: Client, server: dict) -> dict:
+        """Sweep and build at once: each CONSUMER.LIST reply is turned into records
+        as it arrives, so building overlaps the server answering the next ones."""
+        started, now = time.monotonic(), time.time()
+        raw_streams = await js.list_streams(nc)
+        consumers: dict[str, dict] = {}
+        sem = asyncio.Semaphore(CONCURRENCY)
+
+        async def consumers_of(name: str) -> None:
+            async with sem:
+                raw = await js.list_consumers(nc, name)
+            for c in raw:
+                record = self._consumer(name, c, now)
+                consumers[f"{name}/{record['name']}"] = record
+
+        tasks = [asyncio.ensure_future(consumers_of(s["config"]["name"])) for s in raw_streams
+                 if s.get("state", {}).get("consumer_count")]
+        streams = {info["config"]["name"]: self._stream(info, now) for info in raw_streams}
+        try:
+            await asyncio.gather(*tasks)
+        except BaseException:
+            for t in tasks:
+                t.cancel()
+            raise
+        ordered = {k: consumers[k] for k in sorted(consumers)}
+        return self.assemble(streams, ordered, server,
+                             now, (time.monotonic() - started) * 1000)
 
     def _stream(self, info: dict, now: float) -> dict:
         config, state = info.get("config", {}), info.get("state", {})
