@@ -1,4 +1,5 @@
-"""The collector: the one process that sweeps the bus for every reader.
+"""The collector: the one process that sweeps the bus for every reader,
+and captures and indexes dead letters (``streams.capture``).
 
 Each sweep (every ``LUCENT_SWEEP_INTERVAL`` seconds, 1 by default) builds one
 snapshot (``streams.snapshot``), publishes what changed on the bus for the web
@@ -75,7 +76,10 @@ class Collector:
                 sender={"serviceId": "console", "instanceId": "collector"})))
 
     async def run(self, stop: asyncio.Event, heartbeat_every: float = 5.0) -> None:
+        from streams import capture
+
         await live.serve_full(self.nc, lambda: self.snapshot)
+        capturing = asyncio.create_task(capture.run(self.nc, stop))
         last_beat = 0.0
         while not stop.is_set():
             started = time.monotonic()
@@ -88,6 +92,7 @@ class Collector:
                 await asyncio.wait_for(stop.wait(), max(0.05, self.interval - elapsed))
             except TimeoutError:
                 pass
+        await capturing
 
 
 async def run(nc: Client, stop: asyncio.Event, interval: float | None = None) -> None:

@@ -21,3 +21,14 @@ def sample_history() -> bool:
 @shared_task
 def rollup_history() -> bool:
     return history.rollup() | history.prune()
+
+
+@shared_task
+def run_job(job_id: int) -> bool:
+    from . import dlq
+
+    try:
+        return dlq.run_job(job_id)
+    except Exception as exc:
+        dlq.job_failed(job_id, f"{type(exc).__name__}: {exc}")
+        raise

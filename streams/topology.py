@@ -52,17 +52,18 @@ ADVISORY_SUBJECTS = [
 ]
 
 
-def worker(name: str, filter_subject: str, **extra) -> dict:
+def worker(name: str, filter_subject: str | None, **extra) -> dict:
     """A durable pull consumer with explicit acks and bounded redelivery."""
     config = {
         "durable_name": name,
-        "filter_subject": filter_subject,
         "ack_policy": "explicit",
         "deliver_policy": "all",
         "max_deliver": 3,
         "ack_wait": 30 * SECOND,
         "max_ack_pending": 1000,
     }
+    if filter_subject:
+        config["filter_subject"] = filter_subject
     config.update(extra)
     if config.get("backoff"):
         # The server replaces ack_wait by the first backoff step; declare what it keeps.
@@ -129,9 +130,15 @@ DECLARED: list[StreamSpec] = [
     stream(
         "DEAD_LETTERS", ["lucent.deadletter.>"], num_replicas=3,
         max_age=365 * DAY, duplicate_window=DAY,
+        # The console's index reads every dead letter once (captured or explicit).
+        consumers=[worker("deadletter-index", None, max_deliver=-1,
+                          ack_wait=60 * SECOND, max_ack_pending=10_000)],
     ),
     stream(
         "LUCENT_ADVISORIES", ADVISORY_SUBJECTS, num_replicas=3, max_age=30 * DAY,
+        # Durable: advisories published while the console is down wait here.
+        consumers=[worker("deadletter-capture", None, max_deliver=-1, ack_wait=60 * SECOND,
+                          max_ack_pending=10_000)],
     ),
 ]
 

@@ -52,6 +52,7 @@ def headers(
     reason: str,
     error: str = "",
     payload_missing: bool = False,
+    at: str | None = None,
 ) -> dict[str, str]:
     out = {k: v for k, v in (original_headers or {}).items() if not k.startswith("Nats-")}
     out.update({
@@ -69,3 +70,11 @@ def headers(
     if payload_missing:
         out[H_PAYLOAD] = "missing"
     return out
+
+
+def parse_subject(subject: str) -> tuple[str, str]:
+    """(stream, consumer) from ``lucent.deadletter.<stream>.<consumer>``."""
+    tokens = subject.split(".")
+    stream = tokens[2] if len(tokens) > 2 else ""
+    consumer = ".".join(tokens[3:]) if len(tokens) > 3 else ""
+    return stream, consumer

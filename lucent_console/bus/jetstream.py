@@ -220,8 +220,8 @@ def parse_time(value: str | None):
     value = value.replace("Z", "+00:00")
     if "." in value:
         head, rest = value.split(".", 1)
-        digits = "".join(c for c in rest if c.isdigit())
-        value = f"{head}.{digits[:6].ljust(6, '0')}{rest[len(digits):]}"
+        count = len(rest) - len(rest.lstrip("0123456789"))
+        value = f"{head}.{rest[:count][:6].ljust(6, '0')}{rest[count:]}"
     try:
         return datetime.fromisoformat(value)
     except ValueError:
@@ -239,3 +239,23 @@ async def message_time_search(nc: Client, stream: str, first: int, last: int, wh
         else:
             lo = msg["seq"] + 1
     return lo
+
+
+async def publish(nc: Client, subject: str, data: bytes, headers: dict | None = None,
+                  timeout: float = 5.0) -> dict:
+    """Publish to JetStream and wait for the PubAck: ``{"stream", "seq", "duplicate"}``."""
+    from nats.errors import NoRespondersError as NoResponders
+
+    try:
+        ack = await nc.jetstream().publish(subject, data, headers=headers, timeout=timeout)
+    except NoResponders:
+        raise JetStreamError(f"no stream stores {subject!r}") from None
+    except NatsTimeout:
+        raise JetStreamError(f"no PubAck for {subject!r} within {timeout}s") from None
+    return {"stream": ack.stream, "seq": ack.seq, "duplicate": bool(ack.duplicate)}
+
+
+async def streams_storing(nc: Client, subject: str) -> list[str]:
+    """Names of the streams whose subjects match ``subject``."""
+    reply = await api(nc, "STREAM.NAMES", {"subject": subject})
+    return reply.get("streams") or []
