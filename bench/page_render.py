@@ -19,10 +19,9 @@ import urllib.request
 from http.cookiejar import CookieJar
 from pathlib import Path
 
-from common import ROOT, bus, fill, header
+from common import bus, fill, header
 
 from lucent_console.bus import embedded
-
 from tests.support import PASSWORD, Console  # noqa: E402
 
 N = 25

@@ -11,6 +11,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from urllib.parse import parse_qs
 
+from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.template.loader import render_to_string
 from django.utils.html import format_html
@@ -58,6 +59,19 @@ class LiveConsumer(AsyncWebsocketConsumer):
 
     async def snapshot_updated(self, event):
         await self.send_panel(event["changed"])
+
+    async def deadletters_added(self, event):
+        """New dead letters were indexed: the list page gets its first page again."""
+        if self.panel == "deadletters":
+            for frame in frames(await database_sync_to_async(self._deadletter_rows)()):
+                await self.send(text_data=frame)
+
+    def _deadletter_rows(self) -> list[str]:
+        from streams.deadletter_views import listing
+
+        data = listing(self.params)
+        return [_fragment("fragments/dl_rows.html", **data), format_html(
+            '<small id="dl-count" class="muted" hx-swap-oob="true">{}</small>', data["total"])]
 
     async def send_panel(self, changed: dict | None) -> None:
         full = changed is None or changed.get("full")

@@ -204,3 +204,6 @@ LOGGING = {
 LUCENT_SWEEP_INTERVAL = float(os.getenv("LUCENT_SWEEP_INTERVAL", "1.0"))
 if LUCENT_SWEEP_INTERVAL <= 0:
     raise ImproperlyConfigured("LUCENT_SWEEP_INTERVAL must be > 0")
+
+# Run dead-letter jobs in the request instead of Celery (tests; a one-process setup).
+LUCENT_JOBS_INLINE = envbool("LUCENT_JOBS_INLINE", "0")

@@ -4,12 +4,12 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView
 
 from streams import api as stream_api
+from streams import deadletter_api as dl_api
 
 from . import api, metrics, views
 
 COMING = [
     # (path, url name, title, issue that fills it)
-    ("deadletters/", "deadletters:list", "Dead letters", 4),
     ("agents/", "agents:list", "Agents", 5),
     ("services/", "services:list", "Services", 5),
     ("alerts/", "alerts:list", "Alerts", 6),
@@ -21,6 +21,12 @@ api_v1 = [
     path("streams/<str:name>/consumers/", stream_api.consumer_list, name="api-consumers"),
     path("streams/<str:name>/purge/", stream_api.purge, name="api-purge"),
     path("streams/<str:name>/messages/<str:seq>/", stream_api.delete_message, name="api-delete-message"),
+    path("deadletters/", dl_api.dl_list, name="api-deadletters"),
+    path("deadletters/replay/", dl_api.dl_replay_bulk, name="api-deadletters-replay"),
+    path("deadletters/purge/", dl_api.dl_purge_bulk, name="api-deadletters-purge"),
+    path("deadletters/<str:pk>/", dl_api.dl_detail, name="api-deadletter"),
+    path("deadletters/<str:pk>/replay/", dl_api.dl_replay, name="api-deadletter-replay"),
+    path("jobs/<str:pk>/", dl_api.job_detail, name="api-job"),
     path("audit/", api.audit_list, name="api-audit"),
 ]
 
@@ -32,6 +38,7 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
     path("streams/", include("streams.urls")),
+    path("deadletters/", include("streams.deadletter_urls")),
     path("audit/", views.audit, name="audit-list"),
     path("api/v1/", include(api_v1)),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),

@@ -276,10 +276,20 @@ def start_job(user, kind: str, params, subject: str | None = None, rate=None,
     record = AuditRecord.objects.filter(action=action).order_by("-id").first()
     job.params["audit_id"] = record.id if record else None
     job.save(update_fields=["params"])
+    enqueue(job.id)
+    return {"job": job.id, "matched": matched}
+
+
+def enqueue(job_id: int) -> None:
+    """Hand a job to Celery (or run it here, with LUCENT_JOBS_INLINE, as tests do)."""
+    from django.conf import settings
+
     from . import tasks
 
-    tasks.run_job.delay(job.id)
-    return {"job": job.id, "matched": matched}
+    if settings.LUCENT_JOBS_INLINE:
+        tasks.run_job(job_id)
+    else:
+        tasks.run_job.delay(job_id)
 
 
 def cancel_job(user, job_id) -> Job:
@@ -298,12 +308,14 @@ class RateLimit:
         self.next = time.monotonic()
 
     async def wait(self) -> None:
+        """Take the next free slot (before sleeping, so concurrent callers queue up)."""
         if not self.interval:
             return
         now = time.monotonic()
-        if self.next > now:
-            await asyncio.sleep(self.next - now)
-        self.next = max(self.next, now) + self.interval
+        slot = max(self.next, now)
+        self.next = slot + self.interval
+        if slot > now:
+            await asyncio.sleep(slot - now)
 
 
 def run_job(job_id: int) -> bool:

@@ -56,6 +56,7 @@ class Relay:
                 return
             nc = await web_client.get()
             await live.subscribe_deltas(nc, self.on_delta)
+            await nc.subscribe("lucent.console.live.deadletters", cb=self.on_deadletters)
             self._loop = loop
             await self.refresh()
             loop.create_task(self._watch(loop))
@@ -101,6 +102,11 @@ class Relay:
         if layer is not None:
             await layer.group_send(self.group, {"type": "snapshot.updated", "changed": changed,
                                                 "seq": self.snapshot.get("seq")})
+
+    async def on_deadletters(self, msg) -> None:
+        layer = get_channel_layer()
+        if layer is not None:
+            await layer.group_send(self.group, {"type": "deadletters.added"})
 
     def _set(self, snapshot: dict) -> None:
         previous_seq = (self.snapshot or {}).get("seq")

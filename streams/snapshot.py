@@ -242,7 +242,9 @@ class Tracker:
             "delivered_per_s": delivered_rate,
             "acked_per_s": acked_rate,
             "drain_s": drain_s,
-            "idle_s": round(idle, 1),
+            # When deliveries last moved (stable while idle, so an idle consumer
+            # is not "changed" in every delta); pages show it as a time.
+            "active_at": round(now - idle, 3),
             "stalled": pending > 0 and idle >= STALL_AFTER_S,
             "floor_stuck": floor.get("stream_seq", 0) < delivered.get("stream_seq", 0)
             and floor_idle >= STALL_AFTER_S,

@@ -49,7 +49,7 @@ def users(db):
     out = {}
     for role in ("viewer", "operator", "admin"):
         user = User.objects.create_user(role, password="pw-" + role)
-        user.groups.add(Group.objects.get(name=role))
+        user.groups.add(Group.objects.get_or_create(name=role)[0])
         out[role] = user
     out["nobody"] = User.objects.create_user("nobody", password="pw-nobody")
     return out
@@ -147,3 +147,8 @@ def fresh_relay():
 
     relay.__init__()
     yield relay
+
+
+@pytest.fixture(autouse=True)
+def inline_jobs(settings):
+    settings.LUCENT_JOBS_INLINE = True

@@ -119,3 +119,139 @@ async def test_the_index_can_be_rebuilt_from_the_stream(fresh_nc):
     assert await capture.reindex(fresh_nc) == 2
     explicit = await sync_to_async(DeadLetter.objects.get)(consumer="manual")
     assert explicit.reason == "explicit" and explicit.error == "boom" and explicit.stream == "ORDERS"
+
+
+# ---------------------------------------------------------------- replay and purge
+
+async def _captured(nc, n: int = 3):
+    """n dead letters from ORDERS (max deliveries), captured and indexed."""
+    await _work_stream(nc)
+    for i in range(n):
+        await nc.jetstream().publish(f"orders.eu.{i}", f'{{"messageId": "m-{i}", '
+                                     f'"messageType": "ShipOrder", "correlationId": "c-{i}"}}'.encode())
+    await _fail(nc, set())
+    await asyncio.sleep(0.2)
+    await _drain(nc)
+    # A second consumer that only watches what is replayed.
+    await js.add_consumer(nc, "ORDERS", {"durable_name": "audit-tail", "ack_policy": "none",
+                                         "deliver_policy": "new"})
+
+
+async def _replayed_messages(nc) -> list:
+    info = await js.consumer_info(nc, "ORDERS", "audit-tail")
+    return info["num_pending"]
+
+
+@pytest.fixture
+def users_async(users):
+    return users
+
+
+async def test_replay_is_exactly_once_even_when_asked_twice(fresh_nc, fresh_server, users_async,
+                                                           monkeypatch):
+    monkeypatch.setenv("NATS_URL", fresh_server.url)
+    await _captured(fresh_nc, 1)
+    letter = await sync_to_async(DeadLetter.objects.get)()
+    operator = users_async["operator"]
+    first = await sync_to_async(dlq.replay)(operator, letter.pk)
+    second = await sync_to_async(dlq.replay)(operator, letter.pk)  # double click / 2nd operator
+    assert first["status"] == "replayed" and first["subject"] == "orders.eu.0"
+    assert first["duplicate"] is False and second["duplicate"] is True
+    assert first["seq"] == second["seq"]
+    assert await _replayed_messages(fresh_nc) == 1  # the consumer sees it once
+    stored = await js.next_message(fresh_nc, "ORDERS", first["seq"])
+    assert stored["headers"]["Nats-Msg-Id"] == dlq.replay_msg_id(letter.dl_seq, "orders.eu.0")
+    assert "Lucent-DL-Reason" not in stored["headers"]
+    await sync_to_async(letter.refresh_from_db)()
+    assert letter.status == DeadLetter.REPLAYED
+    records = await sync_to_async(list)(AuditRecord.objects.filter(action="deadletter.replay"))
+    assert [r.outcome for r in records] == ["ok", "ok"]
+
+
+async def test_replay_to_a_subject_no_stream_stores_is_refused(fresh_nc, fresh_server, users_async,
+                                                              monkeypatch):
+    monkeypatch.setenv("NATS_URL", fresh_server.url)
+    await _captured(fresh_nc, 1)
+    letter = await sync_to_async(DeadLetter.objects.get)()
+    with pytest.raises(dlq.ActionError, match="no stream stores 'nowhere.at.all'"):
+        await sync_to_async(dlq.replay)(users_async["operator"], letter.pk, "nowhere.at.all")
+    await sync_to_async(letter.refresh_from_db)()
+    assert letter.status == DeadLetter.NEW
+    assert await _replayed_messages(fresh_nc) == 0
+    record = await sync_to_async(AuditRecord.objects.get)(action="deadletter.replay")
+    assert record.outcome == "failed"
+
+
+async def test_viewers_cannot_replay_or_purge_and_nothing_changes(fresh_nc, fresh_server,
+                                                                 users_async, monkeypatch):
+    monkeypatch.setenv("NATS_URL", fresh_server.url)
+    await _captured(fresh_nc, 2)
+    letter = await sync_to_async(DeadLetter.objects.first)()
+    viewer = users_async["viewer"]
+    for call in (lambda: dlq.replay(viewer, letter.pk), lambda: dlq.purge_one(viewer, letter.pk),
+                 lambda: dlq.start_job(viewer, "replay", {}), lambda: dlq.start_job(viewer, "purge", {})):
+        with pytest.raises(dlq.Refused):
+            await sync_to_async(call)()
+    assert await _replayed_messages(fresh_nc) == 0
+    assert (await js.stream_info(fresh_nc, dl.STREAM))["state"]["messages"] == 2
+    assert await sync_to_async(DeadLetter.objects.filter(status="new").count)() == 2
+    assert await sync_to_async(AuditRecord.objects.filter(outcome="refused").count)() == 4
+    assert await sync_to_async(Job.objects.count)() == 0
+
+
+async def test_bulk_replay_holds_the_rate_and_purge_empties_the_stream(fresh_nc, fresh_server,
+                                                                      users_async, monkeypatch):
+    monkeypatch.setenv("NATS_URL", fresh_server.url)
+    await _captured(fresh_nc, 30)
+    operator = users_async["operator"]
+    preview = await sync_to_async(dlq.dry_run)({"consumer": "shipper"})
+    assert preview["matched"] == 30 and preview["targets"][0]["n"] == 1
+    started = asyncio.get_running_loop().time()
+    result = await sync_to_async(dlq.start_job)(operator, "replay", {"consumer": "shipper"}, None, 20)
+    took = asyncio.get_running_loop().time() - started
+    assert result["matched"] == 30
+    job = await sync_to_async(Job.objects.get)(pk=result["job"])
+    assert (job.state, job.done, job.failed) == ("done", 30, 0)
+    assert 29 / 20 * 0.9 <= took <= 30 / 20 * 1.1 + 0.5, took  # 20 msgs/s, within 10%
+    assert await _replayed_messages(fresh_nc) == 30
+    audit = await sync_to_async(AuditRecord.objects.get)(action="deadletter.replay_bulk")
+    assert "30 matched, 30 succeeded, 0 failed" in audit.detail
+    purge = await sync_to_async(dlq.start_job)(operator, "purge", {"stream": "ORDERS"})
+    assert purge["matched"] == 30
+    assert (await js.stream_info(fresh_nc, dl.STREAM))["state"]["messages"] == 0
+    assert await sync_to_async(DeadLetter.objects.filter(status="purged").count)() == 30
+
+
+async def test_an_interrupted_bulk_replay_resumes_without_duplicates_or_losses(tmp_path, users_async,
+                                                                              monkeypatch):
+    from lucent_console.bus import embedded
+
+    from .conftest import bus
+
+    port = embedded.free_port()
+    server = embedded.single(tmp_path / "js", port).start().wait()
+    monkeypatch.setenv("NATS_URL", server.url)
+    nc = await bus(server.url)
+    await _captured(nc, 40)
+    operator = users_async["operator"]
+    monkeypatch.setattr(dlq, "BATCH", 10)
+    job_id = (await sync_to_async(Job.objects.create)(
+        kind="replay", total=40, params={"filters": {}, "subject": None, "rate": 40})).pk
+    runner = asyncio.ensure_future(sync_to_async(dlq.run_job, thread_sensitive=False)(job_id))
+    await asyncio.sleep(0.5)
+    server.stop()  # the bus goes away mid-job
+    await asyncio.sleep(1.5)
+    server = embedded.single(tmp_path / "js", port).start().wait()
+    try:
+        await asyncio.wait_for(runner, 60)
+        job = await sync_to_async(Job.objects.get)(pk=job_id)
+        assert (job.state, job.done, job.failed) == ("done", 40, 0)
+        for _ in range(40):
+            if nc.is_connected:
+                break
+            await asyncio.sleep(0.25)
+        assert await _replayed_messages(nc) == 40  # each once: no loss, no duplicate
+        assert operator.username == "operator"
+    finally:
+        await nc.close()
+        server.stop()

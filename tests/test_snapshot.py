@@ -163,3 +163,14 @@ async def test_the_collector_keeps_last_data_marked_stale_when_the_bus_goes(tmp_
     finally:
         await nc.close()
         server.stop()
+
+
+def test_an_idle_bus_sends_empty_deltas():
+    t = snap.Tracker()
+    streams = [{"config": {"name": "A"}, "state": {"messages": 5, "last_seq": 5}}]
+    consumers = {"A": [{"name": "c", "config": {"durable_name": "c"}, "num_pending": 2,
+                        "delivered": {"consumer_seq": 3, "stream_seq": 3},
+                        "ack_floor": {"consumer_seq": 3, "stream_seq": 3}}]}
+    builds = [t.build(streams, consumers, {}, now=100.0 + i) for i in range(4)]
+    delta = snap.diff(builds[2], builds[3])
+    assert delta["streams"] == {} and delta["consumers"] == {}

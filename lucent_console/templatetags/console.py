@@ -70,3 +70,13 @@ def sort_link(context, field: str, label: str):
     arrow = ("▼" if page["desc"] else "▲") if page["sort"] == field else ""
     return format_html('<a href="?q={}&sort={}&desc={}">{}{}</a>', page["q"], field,
                        "1" if desc else "0", label, arrow)
+
+
+@register.filter
+def clock(epoch) -> str:
+    """Epoch seconds -> HH:MM:SS UTC."""
+    from datetime import UTC, datetime
+
+    if epoch is None:
+        return "–"
+    return datetime.fromtimestamp(float(epoch), UTC).strftime("%H:%M:%S")

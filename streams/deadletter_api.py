@@ -1,0 +1,118 @@
+"""JSON API for dead letters and jobs (see ../shared/INTERFACES.md)."""
+
+from __future__ import annotations
+
+import base64
+
+from rest_framework.decorators import api_view
+from rest_framework.pagination import LimitOffsetPagination
+from rest_framework.response import Response
+
+from lucent_console.actions import ActionError, NotFound
+
+from . import dlq
+from .models import Job
+
+KEYS = ("id", "stream", "stream_seq", "subject", "consumer", "deliveries", "reason", "error",
+        "captured_at", "failed_at", "message_id", "correlation_id", "causation_id",
+        "message_type", "status", "payload_available", "payload_size", "dl_seq")
+
+
+class Page(LimitOffsetPagination):
+    default_limit = 100
+    max_limit = 1000
+
+
+def _row(letter) -> dict:
+    out = {k: getattr(letter, k) for k in KEYS}
+    for key in ("captured_at", "failed_at"):
+        out[key] = out[key].isoformat() if out[key] else None
+    return out
+
+
+def _error(exc: ActionError) -> Response:
+    return Response({"error": str(exc)}, status=exc.status)
+
+
+def _body(request) -> dict:
+    return request.data if hasattr(request.data, "get") else {}
+
+
+@api_view(["GET"])
+def dl_list(request):
+    try:
+        qs = dlq.filtered(dlq.clean_filters(request.GET))
+    except ActionError as exc:
+        return _error(exc)
+    paginator = Page()
+    page = paginator.paginate_queryset(qs, request)
+    return paginator.get_paginated_response([_row(x) for x in page])
+
+
+@api_view(["GET", "DELETE"])
+def dl_detail(request, pk: str):
+    if request.method == "DELETE":
+        try:
+            return Response(dlq.purge_one(request.user, pk))
+        except ActionError as exc:
+            return _error(exc)
+    try:
+        letter = dlq.get(pk)
+    except ActionError as exc:
+        return _error(exc)
+    stored = dlq.load(letter)
+    out = {**_row(letter), "headers": stored.get("headers", letter.headers)}
+    data = stored.get("data") if stored.get("available") else None
+    if data is None:
+        out.update(payload=None, payload_encoding=None, payload_note=stored.get("why", ""))
+    else:
+        try:
+            out.update(payload=data.decode("utf-8"), payload_encoding="text")
+        except UnicodeDecodeError:
+            out.update(payload=base64.b64encode(data).decode(), payload_encoding="base64")
+    return Response(out)
+
+
+@api_view(["POST"])
+def dl_replay(request, pk: str):
+    body = _body(request)
+    try:
+        return Response(dlq.replay(request.user, pk, body.get("subject"),
+                                   bool(body.get("remove_original"))))
+    except ActionError as exc:
+        return _error(exc)
+
+
+def _bulk(request, kind: str):
+    body = _body(request)
+    try:
+        dlq.require_operator(request.user)
+        if body.get("dry_run") in (True, "true", "1", 1):
+            preview = dlq.dry_run(dlq.clean_filters(body), body.get("subject") or None)
+            return Response({"dry_run": True, **preview})
+        return Response(dlq.start_job(request.user, kind, body, body.get("subject"),
+                                      body.get("rate"), bool(body.get("remove_original"))))
+    except ActionError as exc:
+        return _error(exc)
+
+
+@api_view(["POST"])
+def dl_replay_bulk(request):
+    return _bulk(request, "replay")
+
+
+@api_view(["POST"])
+def dl_purge_bulk(request):
+    return _bulk(request, "purge")
+
+
+@api_view(["GET"])
+def job_detail(request, pk: str):
+    job = Job.objects.filter(pk=int(pk) if str(pk).isdigit() else -1).first()
+    if job is None:
+        return _error(NotFound(f"no job {pk!r}"))
+    return Response({"id": job.pk, "kind": job.kind, "state": job.state, "total": job.total,
+                     "done": job.done, "failed": job.failed, "error": job.error,
+                     "params": {k: v for k, v in job.params.items() if k != "audit_id"},
+                     "created_at": job.created_at.isoformat(),
+                     "finished_at": job.finished_at.isoformat() if job.finished_at else None})

@@ -1,0 +1,118 @@
+"""Dead-letter pages. Short views over the service layer (``dlq``)."""
+
+from __future__ import annotations
+
+from django.core.paginator import Paginator
+from django.http import Http404
+from django.shortcuts import render
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_POST
+
+from lucent_console.actions import ActionError
+
+from . import dlq
+from .models import DeadLetter, Job
+
+PER_PAGE = 50
+
+
+def listing(params) -> dict:
+    """The page's data for a set of filters (also used by the websocket)."""
+    try:
+        filters = dlq.clean_filters(params)
+        error = ""
+    except ActionError as exc:
+        filters, error = {}, str(exc)
+    qs = dlq.filtered(filters)
+    page = Paginator(qs, PER_PAGE).get_page(params.get("page"))
+    return {"filters": filters, "error": error, "letters": page, "groups": dlq.groups(qs),
+            "total": page.paginator.count}
+
+
+@require_GET
+def dl_list(request):
+    data = listing(request.GET)
+    request.live_panel = {"panel": "deadletters", **data["filters"]}
+    return render(request, "deadletters/list.html", {**data, "page": "deadletters",
+                                                     "query": request.GET.urlencode()})
+
+
+@require_GET
+def dl_detail(request, pk: int):
+    try:
+        letter = dlq.get(pk)
+    except ActionError as exc:
+        raise Http404(str(exc)) from None
+    return render(request, "deadletters/detail.html", {
+        "d": letter, "stored": dlq.load(letter), "page": "deadletters",
+        "replays": letter.replays.order_by("-at")[:50]})
+
+
+def _result(request, letter_id, message="", error: ActionError | None = None):
+    letter = DeadLetter.objects.filter(pk=letter_id).first()
+    return render(request, "fragments/dl_action.html",
+                  {"d": letter, "message": message, "error": str(error) if error else ""},
+                  status=error.status if error else 200)
+
+
+@require_POST
+def dl_replay(request, pk: int):
+    try:
+        result = dlq.replay(request.user, pk, request.POST.get("subject"),
+                            request.POST.get("remove_original") == "1")
+    except ActionError as exc:
+        return _result(request, pk, error=exc)
+    dup = " (already there: deduplicated)" if result["duplicate"] else ""
+    return _result(request, pk, f"Replayed to {result['subject']}: {result['stream']} "
+                                f"#{result['seq']}{dup}.")
+
+
+@require_POST
+def dl_purge(request, pk: int):
+    try:
+        dlq.purge_one(request.user, pk)
+    except ActionError as exc:
+        return _result(request, pk, error=exc)
+    return _result(request, pk, "Purged from DEAD_LETTERS.")
+
+
+@require_POST
+def dl_bulk(request):
+    """Dry run first (counts, targets), then a job on confirmation."""
+    data = request.POST
+    kind = data.get("action")
+    try:
+        dlq.require_operator(request.user)
+        if kind not in ("replay", "purge"):
+            raise ActionError("action must be replay or purge")
+        filters = dlq.clean_filters(data)
+        if data.get("confirm") != "1":
+            preview = dlq.dry_run(filters, data.get("subject") or None)
+            return render(request, "fragments/dl_dryrun.html", {
+                "kind": kind, "preview": preview, "post": data.items()})
+        started = dlq.start_job(request.user, kind, data, data.get("subject"), data.get("rate"),
+                                data.get("remove_original") == "1")
+    except ActionError as exc:
+        return render(request, "fragments/action_result.html", {"error": str(exc)}, status=exc.status)
+    return render(request, "fragments/job.html", {"job": Job.objects.get(pk=started["job"])})
+
+
+@require_GET
+def job_detail(request, pk: int):
+    job = Job.objects.filter(pk=pk).first()
+    if job is None:
+        raise Http404("no such job")
+    return render(request, "fragments/job.html", {"job": job})
+
+
+@require_POST
+def job_cancel(request, pk: int):
+    try:
+        dlq.cancel_job(request.user, pk)
+    except ActionError as exc:
+        return render(request, "fragments/action_result.html", {"error": str(exc)}, status=exc.status)
+    return render(request, "fragments/job.html", {"job": Job.objects.get(pk=pk)})
+
+
+def detail_url(letter: DeadLetter) -> str:
+    return reverse("deadletters:detail", args=[letter.pk])

@@ -1,0 +1,85 @@
+"""``manage.py deadletters list|replay|purge|reindex``: the same service layer as the web."""
+
+import json
+
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand, CommandError
+
+from lucent_console.actions import ActionError
+from lucent_console.bus.runner import run_with_bus
+from streams import capture, dlq
+from streams.deadletter_api import _row
+from streams.models import Job
+
+
+class Command(BaseCommand):
+    help = "List, replay, purge or reindex dead letters (filters as in the web and API)."
+
+    def add_arguments(self, parser):
+        parser.add_argument("action", choices=["list", "replay", "purge", "reindex"])
+        for name in dlq.FILTERS:
+            parser.add_argument(f"--{name.replace('_', '-')}", dest=name)
+        parser.add_argument("--id", type=int, help="one dead letter (replay/purge)")
+        parser.add_argument("--to", dest="target", help="replay to this subject")
+        parser.add_argument("--rate", type=float, help="messages per second")
+        parser.add_argument("--dry-run", action="store_true")
+        parser.add_argument("--remove-original", action="store_true")
+        parser.add_argument("--user", default="admin", help="who acts (audited); default admin")
+        parser.add_argument("--limit", type=int, default=50)
+        parser.add_argument("--json", action="store_true")
+
+    def handle(self, *args, action, **opts):
+        filters = {k: opts[k] for k in dlq.FILTERS if opts.get(k)}
+        try:
+            if action == "reindex":
+                added = run_with_bus("reindex", capture.reindex)
+                self.stdout.write(f"indexed {added} dead letters from DEAD_LETTERS")
+            elif action == "list":
+                self.list(filters, opts)
+            else:
+                self.act(action, filters, opts)
+        except ActionError as exc:
+            raise CommandError(str(exc)) from exc
+
+    def user(self, name):
+        user = get_user_model().objects.filter(username=name).first()
+        if user is None:
+            raise CommandError(f"no user {name!r} (use --user)")
+        return user
+
+    def list(self, filters, opts):
+        qs = dlq.filtered(dlq.clean_filters(filters))
+        rows = [_row(x) for x in qs[: opts["limit"]]]
+        if opts["json"]:
+            self.stdout.write(json.dumps({"count": qs.count(), "results": rows}, indent=2))
+            return
+        for g in dlq.groups(qs):
+            self.stdout.write(f"{g['n']:>7} {g['message_type'] or '(no type)'} from {g['consumer']}: "
+                              f"{g['reason']}")
+        for r in rows:
+            self.stdout.write(f"{r['id']:>7} {r['captured_at'][:19]} {r['stream']}#{r['stream_seq']} "
+                              f"{r['subject']} {r['consumer']} {r['reason']} {r['status']}")
+        self.stdout.write(f"{qs.count()} matched")
+
+    def act(self, action, filters, opts):
+        user = self.user(opts["user"])
+        if opts["id"]:
+            if opts["dry_run"]:
+                self.stdout.write(f"would {action} dead letter {opts['id']}")
+                return
+            fn = dlq.replay if action == "replay" else dlq.purge_one
+            args = (opts["target"], opts["remove_original"]) if action == "replay" else ()
+            self.stdout.write(json.dumps(fn(user, opts["id"], *args), default=str))
+            return
+        if opts["dry_run"]:
+            preview = dlq.dry_run(dlq.clean_filters(filters), opts["target"])
+            self.stdout.write(json.dumps({"dry_run": True, **preview}, indent=2))
+            return
+        started = dlq.start_job(user, action, filters, opts["target"], opts["rate"],
+                                opts["remove_original"])
+        job = Job.objects.get(pk=started["job"])
+        if job.state not in (Job.DONE, Job.FAILED, Job.CANCELLED):
+            dlq.run_job(job.pk)  # here, with progress, rather than waiting for a worker
+            job.refresh_from_db()
+        self.stdout.write(f"job {job.pk} {job.state}: {job.total} matched, {job.done} done, "
+                          f"{job.failed} failed")
