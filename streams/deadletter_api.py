@@ -84,14 +84,16 @@ def dl_replay(request, pk: str):
 
 
 def _bulk(request, kind: str):
-    body = _body(request)
+    """Replay: ``subject`` is the target, ``subject_filter`` filters; purge: ``subject`` filters."""
+    body = dict(_body(request).items())
+    target = body.pop("subject", None) if kind == "replay" else None
     try:
         dlq.require_operator(request.user)
         if body.get("dry_run") in (True, "true", "1", 1):
-            preview = dlq.dry_run(dlq.clean_filters(body), body.get("subject") or None)
+            preview = dlq.dry_run(dlq.clean_filters(body), target or None)
             return Response({"dry_run": True, **preview})
-        return Response(dlq.start_job(request.user, kind, body, body.get("subject"),
-                                      body.get("rate"), bool(body.get("remove_original"))))
+        return Response(dlq.start_job(request.user, kind, body, target, body.get("rate"),
+                                      bool(body.get("remove_original"))))
     except ActionError as exc:
         return _error(exc)
 

@@ -85,12 +85,13 @@ def dl_bulk(request):
         dlq.require_operator(request.user)
         if kind not in ("replay", "purge"):
             raise ActionError("action must be replay or purge")
+        target = data.get("target") or None if kind == "replay" else None
         filters = dlq.clean_filters(data)
         if data.get("confirm") != "1":
-            preview = dlq.dry_run(filters, data.get("subject") or None)
+            preview = dlq.dry_run(filters, target)
             return render(request, "fragments/dl_dryrun.html", {
                 "kind": kind, "preview": preview, "post": data.items()})
-        started = dlq.start_job(request.user, kind, data, data.get("subject"), data.get("rate"),
+        started = dlq.start_job(request.user, kind, data, target, data.get("rate"),
                                 data.get("remove_original") == "1")
     except ActionError as exc:
         return render(request, "fragments/action_result.html", {"error": str(exc)}, status=exc.status)

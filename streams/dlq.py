@@ -59,10 +59,17 @@ def _time(value, field):
 
 
 def clean_filters(params) -> dict:
-    """The filters given, checked: bad values are a clear error."""
+    """The filters given, checked: bad values are a clear error.
+
+    ``subject_filter`` is another name for ``subject``: a bulk replay's
+    ``subject`` is where to replay to, so its filter on the original subject
+    goes by that name.
+    """
     out = {}
     for key in FILTERS:
         value = params.get(key)
+        if key == "subject" and params.get("subject_filter"):
+            value = params.get("subject_filter")
         if value in (None, ""):
             continue
         value = str(value).strip()

@@ -99,3 +99,49 @@ def test_the_console_keeps_serving_while_the_bus_is_down_and_recovers(page, cons
     assert console.get("/healthz")[0] == 200
     _add_stream(bus_server.url, "AFTER_OUTAGE")
     page.wait_for_selector("#stream-AFTER_OUTAGE", timeout=10000)
+
+
+def _bus_thread(coro_fn):
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro_fn()).result(60)
+
+
+def test_a_dead_letter_appears_live_renders_as_text_and_replays(page, console, bus_server):
+    xss = "<img src=x onerror=alert(1)>"
+    dialogs = []
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    page.goto(console.url + "/deadletters/")
+    page.wait_for_selector("#dl-table")
+    page.evaluate("window.__still_here = true")
+
+    async def fail_one():
+        nc = await connect("t", BusConfig.from_env({"NATS_URL": bus_server.url}), retry_initial=False)
+        await js.add_stream(nc, {"name": "XSSQ", "subjects": ["xssq.>"], "storage": "file"})
+        await js.add_consumer(nc, "XSSQ", {"durable_name": "picky", "ack_policy": "explicit",
+                                           "max_deliver": 2})
+        await nc.jetstream().publish("xssq.job", json.dumps({"messageId": "x-1", "messageType": xss,
+                                                             "payload": xss}).encode(),
+                                     headers={"X-Evil": xss})
+        sub = await nc.jetstream().pull_subscribe_bind("picky", "XSSQ")
+        for _ in range(2):  # fails twice: max_deliver exhausted
+            for m in await sub.fetch(1, timeout=5):
+                await m.nak()
+        try:  # the server advises when it would deliver it again: to a waiting pull
+            await sub.fetch(1, timeout=1)
+        except Exception:
+            pass
+        await nc.close()
+
+    _bus_thread(fail_one)
+    row = page.wait_for_selector("#dl-body tr.dl-new", timeout=20000)  # arrives without reload
+    assert page.evaluate("window.__still_here") is True
+    assert xss in row.inner_text()
+    row.query_selector("a").click()
+    page.wait_for_selector("#payload")
+    assert xss in page.locator("#payload").inner_text()
+    assert xss in page.locator("#headers").inner_text()
+    assert page.locator("img[src=x]").count() == 0
+    page.click("#replay-button")
+    page.wait_for_selector("#dl-status:has-text('replayed')", timeout=10000)
+    assert "Replayed to xssq.job" in page.locator("#dl-actions").inner_text()
+    assert dialogs == []
