@@ -124,3 +124,22 @@ def test_the_command_line_uses_the_same_service_layer(letters, users):
     with pytest.raises(Exception, match="needs the operator role"):
         call_command("deadletters", "purge", "--id", str(letters["orders.eu.1"].pk), "--user", "viewer")
     assert AuditRecord.objects.filter(username="viewer", outcome="refused").count() == 1
+
+
+def test_the_django_admin_lists_and_replays_selected(client, users, letters):
+    operator = users["operator"]
+    operator.is_staff = True
+    operator.save()
+    from django.contrib.auth.models import Permission
+
+    operator.user_permissions.add(Permission.objects.get(codename="view_deadletter"))
+    client.force_login(operator)
+    page = client.get("/admin/streams/deadletter/")
+    assert page.status_code == 200 and "orders.eu.1" in page.content.decode()
+    pk = letters["orders.eu.1"].pk
+    done = client.post("/admin/streams/deadletter/", {"action": "replay_selected",
+                                                       "_selected_action": [pk]}, follow=True)
+    assert "Replayed 1, failed 0 (audited)" in done.content.decode()
+    assert DeadLetter.objects.get(pk=pk).status == "replayed"
+    assert AuditRecord.objects.filter(action="deadletter.replay", username="operator").exists()
+    assert client.get("/admin/lucent_console/auditrecord/").status_code in (200, 403)
