@@ -21,6 +21,7 @@ api_v1 = [
     path("streams/<str:name>/consumers/", stream_api.consumer_list, name="api-consumers"),
     path("streams/<str:name>/purge/", stream_api.purge, name="api-purge"),
     path("streams/<str:name>/messages/<str:seq>/", stream_api.delete_message, name="api-delete-message"),
+    path("streams/<str:name>/replay/", stream_api.replay, name="api-stream-replay"),
     path("deadletters/", dl_api.dl_list, name="api-deadletters"),
     path("deadletters/replay/", dl_api.dl_replay_bulk, name="api-deadletters-replay"),
     path("deadletters/purge/", dl_api.dl_purge_bulk, name="api-deadletters-purge"),

@@ -99,3 +99,19 @@ def delete_message(request, name: str, seq: str):
     except ActionError as exc:
         return _error(exc)
     return Response({"deleted": int(seq), "stream": name})
+
+
+@api_view(["POST"])
+def replay(request, name: str):
+    """Replay a range of any stream to a subject: {"target", "start_seq"?, "end_seq"?,
+    "start_time"?, "subject"? (filter), "rate"?, "dry_run"?} -> {"job", "matched"}."""
+    from . import dlq
+
+    data = request.data if isinstance(request.data, dict) else {}
+    try:
+        return Response(dlq.start_stream_replay(
+            request.user, name, data.get("target"), data.get("start_seq"), data.get("end_seq"),
+            data.get("start_time"), data.get("subject"), data.get("rate"),
+            data.get("dry_run") in (True, "true", "1", 1)))
+    except ActionError as exc:
+        return _error(exc)

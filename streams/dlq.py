@@ -337,6 +337,10 @@ def run_job(job_id: int) -> bool:
         job.refresh_from_db()
         if job.cancel_requested:
             return _finish(job, Job.CANCELLED)
+        if job.kind == "stream_replay":
+            if not _stream_replay_batch(job, params, limiter):
+                return _finish(job, Job.DONE)
+            continue
         batch = list(filtered(params["filters"]).filter(pk__gt=job.last_id).order_by("pk")[:BATCH])
         if not batch:
             return _finish(job, Job.DONE)
@@ -392,6 +396,114 @@ def _replay_batch(job: Job, batch: list[DeadLetter], params: dict, limiter: Rate
                               duplicate=result["duplicate"],
                               username=job.created_by.username if job.created_by else ""))
     return len(replays), failed, replays
+
+
+# ------------------------------------------------------------------ replay from any stream
+
+def stream_msg_id(stream: str, seq: int, subject: str) -> str:
+    return f"replay:{stream}:{seq}:{hashlib.sha1(subject.encode()).hexdigest()[:12]}"
+
+
+def start_stream_replay(user, stream: str, target: str, start_seq=None, end_seq=None,
+                        start_time=None, subject_filter=None, rate=None, dry_run=False) -> dict:
+    """Replay a sequence or time range of any stream to ``target`` (operator), as a job:
+    same dry run, rate, exactly-once ids, progress and audit as dead-letter replays."""
+    from .services import _positive_int, _valid_subject
+
+    params = {"target": target, "start_seq": start_seq, "end_seq": end_seq,
+              "start_time": start_time, "subject": subject_filter, "rate": rate}
+    with audited(user, "stream.replay", stream, {k: v for k, v in params.items() if v not in (None, "")},
+                 "operator") as outcome:
+        target = (target or "").strip()
+        first_arg = _positive_int(start_seq, "start sequence", 1)
+        last_arg = _positive_int(end_seq, "end sequence", 1)
+        flt = _valid_subject(subject_filter) or ">"
+        rate = float(rate) if rate not in (None, "") else None
+        if rate is not None and rate <= 0:
+            raise ActionError("rate must be above 0")
+        when = _time(start_time, "start time") if start_time not in (None, "") else None
+
+        async def plan(nc):
+            try:
+                info = await js.stream_info(nc, stream)
+            except js.JetStreamError as exc:
+                if exc.err_code == js.STREAM_NOT_FOUND:
+                    raise NotFound(f"no stream named {stream!r}") from None
+                raise
+            await _target_ok(nc, target)
+            if stream in await js.streams_storing(nc, target):
+                raise ActionError(f"{stream} stores {target!r} itself: replay into another stream")
+            state = info["state"]
+            first = max(first_arg or state["first_seq"], state["first_seq"])
+            last = min(last_arg or state["last_seq"], state["last_seq"])
+            if when is not None:
+                first = max(first, await js.message_time_search(nc, stream, first, last, when))
+            return first, last, state
+
+        first, last, state = _bus(plan)
+        if last < first:
+            raise ActionError(f"nothing in {stream} between sequences {first} and {last}")
+        upper = last - first + 1
+        matched = min(upper, state["messages"])
+        exact = flt == ">" and not state.get("num_deleted")
+        if dry_run:
+            outcome.detail = f"dry run: up to {matched} from {first}..{last} to {target}"
+            return {"dry_run": True, "matched": matched, "exact": exact, "first_seq": first,
+                    "last_seq": last, "targets": [{"subject": target, "n": matched}]}
+        job = Job.objects.create(kind="stream_replay", total=matched, last_id=first - 1,
+                                 created_by=user if getattr(user, "pk", None) else None,
+                                 params={"stream": stream, "last_seq": last, "filter": flt,
+                                         "subject": target, "rate": rate})
+        outcome.detail = f"job {job.id}: up to {matched} from {stream} {first}..{last} to {target}"
+    record = AuditRecord.objects.filter(action="stream.replay").order_by("-id").first()
+    job.params["audit_id"] = record.id if record else None
+    job.save(update_fields=["params"])
+    enqueue(job.id)
+    return {"job": job.id, "matched": matched}
+
+
+def _stream_replay_batch(job: Job, params: dict, limiter: RateLimit) -> bool:
+    """Replay the next batch of a stream range; False when the range is done."""
+    stream, last, target = params["stream"], params["last_seq"], params["subject"]
+    if job.last_id >= last:
+        return False
+
+    async def go(nc):
+        msgs, position = [], job.last_id + 1
+        while len(msgs) < BATCH and position <= last:
+            msg = await js.next_message(nc, stream, position, params.get("filter") or ">")
+            if msg is None or msg["seq"] > last:
+                position = last + 1
+                break
+            msgs.append(msg)
+            position = msg["seq"] + 1
+        sem = asyncio.Semaphore(IN_FLIGHT)
+
+        async def one(msg):
+            async with sem:
+                await limiter.wait()
+                headers = {k: v for k, v in msg["headers"].items()
+                           if not k.startswith("Nats-") and k != "Status"}
+                headers.update({"Nats-Msg-Id": stream_msg_id(stream, msg["seq"], target),
+                                "Lucent-Replay-Of": f"{stream}:{msg['seq']}"})
+                return await js.publish(nc, target, msg["data"], headers)
+
+        results = await asyncio.gather(*(one(m) for m in msgs), return_exceptions=True)
+        return results, position - 1
+
+    deadline = time.monotonic() + BUS_RETRY_S
+    while True:
+        try:
+            results, checkpoint = _bus(go)
+            break
+        except (ConnectionError, js.JetStreamError, OSError) as exc:
+            if time.monotonic() > deadline:
+                raise ActionError(f"bus unavailable for {BUS_RETRY_S}s: {exc}") from exc
+            time.sleep(1)
+    failed = sum(1 for r in results if isinstance(r, Exception))
+    Job.objects.filter(pk=job.pk).update(done=job.done + len(results) - failed,
+                                         failed=job.failed + failed, last_id=checkpoint)
+    return True
 
 
 async def _connected() -> bool:

@@ -11,4 +11,5 @@ urlpatterns = [
     path("<str:name>/purge/", views.purge, name="purge"),
     path("<str:name>/delete/preview/", views.delete_preview, name="delete_preview"),
     path("<str:name>/delete/", views.delete_message, name="delete"),
+    path("<str:name>/replay/", views.stream_replay, name="replay"),
 ]

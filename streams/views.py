@@ -129,3 +129,23 @@ def delete_message(request, name: str):
         return _error(request, exc)
     return render(request, "fragments/action_result.html",
                   {"message": f"Deleted message #{request.POST.get('seq')} from {name}."})
+
+
+@require_POST
+def stream_replay(request, name: str):
+    """Dry run first, then the job (operator): replay a range to a subject."""
+    from . import dlq
+    from .models import Job
+
+    data = request.POST
+    args = (request.user, name, data.get("target"), data.get("start_seq"), data.get("end_seq"),
+            data.get("start_time"), data.get("subject"), data.get("rate"))
+    try:
+        if data.get("confirm") != "1":
+            preview = dlq.start_stream_replay(*args, dry_run=True)
+            return render(request, "fragments/stream_replay_confirm.html",
+                          {"preview": preview, "post": data.items(), "name": name})
+        started = dlq.start_stream_replay(*args)
+    except ActionError as exc:
+        return _error(request, exc)
+    return render(request, "fragments/job.html", {"job": Job.objects.get(pk=started["job"])})
