@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from rest_framework import status
 from rest_framework.decorators import api_view
-from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.response import Response
 
 from lucent_console.actions import ActionError
+from lucent_console.api import Page
 
 from . import services
 
@@ -20,11 +20,6 @@ CONSUMER_KEYS = ("name", "stream", "num_pending", "num_ack_pending", "num_redeli
                  "filter_subjects", "ack_policy", "ack_wait_s", "backoff_s", "max_ack_pending",
                  "delivered_consumer_seq", "ack_floor_consumer_seq", "last_active",
                  "delivered_per_s", "acked_per_s", "drain_s", "stalled", "floor_stuck", "durable")
-
-
-class Page(LimitOffsetPagination):
-    default_limit = 100
-    max_limit = 1000
 
 
 def _pick(record: dict, keys) -> dict:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import base64
 
 from rest_framework.decorators import api_view
-from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.response import Response
 
 from lucent_console.actions import ActionError, NotFound
+from lucent_console.api import Page
 
 from . import dlq
 from .models import Job
@@ -16,11 +16,6 @@ from .models import Job
 KEYS = ("id", "stream", "stream_seq", "subject", "consumer", "deliveries", "reason", "error",
         "captured_at", "failed_at", "message_id", "correlation_id", "causation_id",
         "message_type", "status", "payload_available", "payload_size", "dl_seq")
-
-
-class Page(LimitOffsetPagination):
-    default_limit = 100
-    max_limit = 1000
 
 
 def _row(letter) -> dict:

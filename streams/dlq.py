@@ -359,8 +359,6 @@ def run_job(job_id: int) -> bool:
 def _replay_batch(job: Job, batch: list[DeadLetter], params: dict, limiter: RateLimit):
     """Replay a batch; while the bus is away, wait and retry the whole batch (the ids
     make the retry of what already went through a no-op)."""
-    deadline = time.monotonic() + BUS_RETRY_S
-
     async def go(nc):
         sem = asyncio.Semaphore(IN_FLIGHT)
 
@@ -376,16 +374,7 @@ def _replay_batch(job: Job, batch: list[DeadLetter], params: dict, limiter: Rate
 
         return await asyncio.gather(*(one(x) for x in batch))
 
-    while True:
-        try:
-            if not async_to_sync(_connected)():
-                raise ConnectionError("bus unreachable")
-            results = _bus(go)
-            break
-        except (ConnectionError, js.JetStreamError) as exc:
-            if time.monotonic() > deadline:
-                raise ActionError(f"bus unavailable for {BUS_RETRY_S}s: {exc}") from exc
-            time.sleep(1)
+    results = _retrying(go)
     replays, failed = [], 0
     for letter, result in results:
         if isinstance(result, Exception):
@@ -491,19 +480,26 @@ def _stream_replay_batch(job: Job, params: dict, limiter: RateLimit) -> bool:
         results = await asyncio.gather(*(one(m) for m in msgs), return_exceptions=True)
         return results, position - 1
 
-    deadline = time.monotonic() + BUS_RETRY_S
-    while True:
-        try:
-            results, checkpoint = _bus(go)
-            break
-        except (ConnectionError, js.JetStreamError, OSError) as exc:
-            if time.monotonic() > deadline:
-                raise ActionError(f"bus unavailable for {BUS_RETRY_S}s: {exc}") from exc
-            time.sleep(1)
+    results, checkpoint = _retrying(go)
     failed = sum(1 for r in results if isinstance(r, Exception))
     Job.objects.filter(pk=job.pk).update(done=job.done + len(results) - failed,
                                          failed=job.failed + failed, last_id=checkpoint)
     return True
+
+
+def _retrying(go):
+    """Run ``go(nc)``; while the bus is away, wait and run it again (up to BUS_RETRY_S).
+    Callers make ``go`` safe to repeat: its publishes carry deterministic ids."""
+    deadline = time.monotonic() + BUS_RETRY_S
+    while True:
+        try:
+            if not async_to_sync(_connected)():
+                raise ConnectionError("bus unreachable")
+            return _bus(go)
+        except (ConnectionError, OSError, js.JetStreamError) as exc:
+            if time.monotonic() > deadline:
+                raise ActionError(f"bus unavailable for {BUS_RETRY_S}s: {exc}") from exc
+            time.sleep(1)
 
 
 async def _connected() -> bool:
