@@ -19,7 +19,6 @@ import re
 import time
 from datetime import datetime
 
-from asgiref.sync import async_to_sync
 from django.db.models import Count, Q
 from django.utils import timezone
 
@@ -27,6 +26,7 @@ from lucent_console.actions import ActionError, NotFound, Refused, audited
 from lucent_console.bus import deadletters as dl
 from lucent_console.bus import envelope
 from lucent_console.bus import jetstream as js
+from lucent_console.bus import sync as bus_sync
 from lucent_console.bus.client import web_client
 from lucent_console.models import AuditRecord
 from lucent_console.roles import has_role
@@ -36,8 +36,8 @@ from .models import DeadLetter, Job, Replay
 
 FILTERS = ("stream", "consumer", "subject", "message_type", "correlation_id", "reason", "status",
            "since", "until", "q")
-BATCH = 200
-IN_FLIGHT = 64
+BATCH = 1000
+IN_FLIGHT = 256
 BUS_RETRY_S = 120
 
 
@@ -123,11 +123,7 @@ def get(dl_id) -> DeadLetter:
 
 
 def _bus(fn, *args, **kwargs):
-    async def call():
-        nc = await web_client.get()
-        return await fn(nc, *args, **kwargs)
-
-    return async_to_sync(call)()
+    return bus_sync.with_client(fn, *args, **kwargs)
 
 
 def load(letter: DeadLetter) -> dict:
@@ -493,7 +489,7 @@ def _retrying(go):
     deadline = time.monotonic() + BUS_RETRY_S
     while True:
         try:
-            if not async_to_sync(_connected)():
+            if not bus_sync.run(_connected):
                 raise ConnectionError("bus unreachable")
             return _bus(go)
         except (ConnectionError, OSError, js.JetStreamError) as exc:

@@ -15,7 +15,7 @@ from asgiref.sync import async_to_sync
 from lucent_console.actions import ActionError, NotFound, audited
 from lucent_console.bus import envelope
 from lucent_console.bus import jetstream as js
-from lucent_console.bus.client import web_client
+from lucent_console.bus import sync as bus_sync
 
 from . import subjects, topology
 from .live import relay
@@ -37,12 +37,7 @@ MAX_BROWSE = 100
 
 def bus_call(fn, *args, **kwargs):
     """Run ``fn(nc, ...)`` on this process's bus connection from sync code."""
-
-    async def call():
-        nc = await web_client.get()
-        return await fn(nc, *args, **kwargs)
-
-    return async_to_sync(call)()
+    return bus_sync.with_client(fn, *args, **kwargs)
 
 
 # ------------------------------------------------------------------ reads

@@ -147,21 +147,24 @@ class SharedClient:
     def __init__(self, name: str) -> None:
         self.name = name
         self.state = BusState()
-        self._clients: dict[int, tuple[asyncio.AbstractEventLoop, Client]] = {}
+        self._clients: dict[int, tuple[asyncio.AbstractEventLoop, Client, list[str]]] = {}
         self._locks: dict[int, asyncio.Lock] = {}
 
     async def get(self, timeout: float = 2.0) -> Client:
         loop = asyncio.get_running_loop()
         key = id(loop)
+        config = BusConfig.from_env()
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
             known = self._clients.get(key)
             if known is not None and known[0] is loop and not known[1].is_closed:
-                return known[1]
+                if known[2] == config.servers:
+                    return known[1]
+                await known[1].close()  # NATS_URL changed (tests): a new connection
             nc = await connect(
-                self.name, state=self.state, retry_initial=False, connect_timeout=timeout
+                self.name, config, state=self.state, retry_initial=False, connect_timeout=timeout
             )
-            self._clients[key] = (loop, nc)
+            self._clients[key] = (loop, nc, config.servers)
             return nc
 
 
