@@ -132,11 +132,13 @@ def row_from(subject: str, dl_seq: int, headers: dict | None, data: bytes, at: d
 
 
 def store_rows(rows: list) -> int:
+    """Insert new rows (a repeat of a known ``dl_seq`` is ignored); returns how many were new."""
     from .models import DeadLetter
 
-    before = DeadLetter.objects.count()
+    seqs = [r.dl_seq for r in rows]
+    known = set(DeadLetter.objects.filter(dl_seq__in=seqs).values_list("dl_seq", flat=True))
     DeadLetter.objects.bulk_create(rows, ignore_conflicts=True, batch_size=500)
-    return DeadLetter.objects.count() - before
+    return len(set(seqs) - known)
 
 
 async def index_batch(nc: Client, sub, batch: int = 500) -> int:

@@ -91,6 +91,14 @@ def filtered(filters: dict):
     if filters.get("subject"):
         pattern = filters["subject"]
         if "*" in pattern or ">" in pattern:
+            # The literal tokens before the first wildcard narrow by index first.
+            literal = []
+            for token in pattern.split("."):
+                if token in ("*", ">"):
+                    break
+                literal.append(token)
+            if literal:
+                qs = qs.filter(subject__startswith=".".join(literal) + ".")
             qs = qs.filter(subject__regex=_nats_pattern_to_regex(pattern))
         else:
             qs = qs.filter(subject=pattern)

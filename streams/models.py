@@ -56,7 +56,10 @@ class DeadLetter(models.Model):
 
     class Meta:
         ordering = ["-captured_at", "-dl_seq"]
-        indexes = [models.Index(fields=["stream", "consumer"]),
+        # Each filter's index also serves the page's order, so a page of 50 does not
+        # sort every match first (bench/deadletter_search.py).
+        indexes = [models.Index(fields=["stream", "consumer", "-captured_at", "-dl_seq"]),
+                   models.Index(fields=["correlation_id", "-captured_at", "-dl_seq"]),
                    models.Index(fields=["status", "captured_at"])]
 
     def __str__(self) -> str:
