@@ -8,7 +8,6 @@ nats-server there (and running on 4222).
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sysconfig
@@ -142,9 +141,3 @@ def cluster(base_dir: Path, size: int = 3) -> Cluster:
                            routes=[p for j, p in enumerate(cports) if j != i])
         servers.append(Server(ports[i], store, args, base_dir / f"n{i}.log"))
     return Cluster(servers)
-
-
-def env_without_nats(env: dict | None = None) -> dict:
-    env = dict(os.environ if env is None else env)
-    env.pop("NATS_URL", None)
-    return env
