@@ -345,7 +345,8 @@ def run_job(job_id: int) -> bool:
             if not _stream_replay_batch(job, params, limiter):
                 return _finish(job, Job.DONE)
             continue
-        batch = list(filtered(params["filters"]).filter(pk__gt=job.last_id).order_by("pk")[:BATCH])
+        batch = list(filtered(params["filters"]).filter(pk__gt=job.last_id).order_by("pk")
+                     .only("id", "dl_seq", "stream", "stream_seq")[:BATCH])
         if not batch:
             return _finish(job, Job.DONE)
         if job.kind == "purge":
