@@ -29,6 +29,7 @@ from streams import snapshot as snap
 from .models import Heartbeat
 
 log = logging.getLogger("lucent.collector")
+SERVICES_NOTIFY = "lucent.console.live.services"
 
 
 class Collector:
@@ -36,6 +37,9 @@ class Collector:
         self.nc = nc
         self.interval = interval or settings.LUCENT_SWEEP_INTERVAL
         self.tracker = snap.Tracker()
+        from agents.registry import ServiceRegistry
+
+        self.services = ServiceRegistry()
         self.snapshot: dict | None = None
         self.last_delta_bytes = 0
 
@@ -47,6 +51,7 @@ class Collector:
             new = await self.tracker.collect(self.nc, js.server_summary(self.nc))
         except Exception as exc:
             new = snap.failed(self.snapshot, f"{type(exc).__name__}: {exc}")
+        new["services"] = self.services.records()
         delta = snap.diff(self.snapshot, new)
         self.snapshot = new
         if self.nc.is_connected:
@@ -55,6 +60,25 @@ class Collector:
             except Exception as exc:
                 log.warning("collector: could not publish the delta: %s", exc)
         return new
+
+    async def watch_services(self) -> None:
+        """Heartbeats update the registry; alerts and config updates are kept."""
+        from agents import registry
+
+        async def on_heartbeat(msg):
+            self.services.heartbeat(msg.subject, msg.data, msg.headers)
+
+        async def on_event(msg):
+            try:
+                await sync_to_async(registry.store_event)(
+                    registry.event_from(msg.subject, msg.data, msg.headers))
+                await self.nc.publish(SERVICES_NOTIFY, b"")
+            except Exception:
+                log.exception("collector: could not keep a service event")
+
+        await self.nc.subscribe("lucent.services.*.health", cb=on_heartbeat)
+        await self.nc.subscribe("lucent.services.*.alerts", cb=on_event)
+        await self.nc.subscribe("lucent.services.*.config", cb=on_event)
 
     def health(self) -> dict:
         s = self.snapshot or {}
@@ -79,6 +103,7 @@ class Collector:
         from streams import capture
 
         await live.serve_full(self.nc, lambda: self.snapshot)
+        await self.watch_services()
         capturing = asyncio.create_task(capture.run(self.nc, stop))
         last_beat = 0.0
         while not stop.is_set():

@@ -86,6 +86,23 @@ class LiveConsumer(AsyncWebsocketConsumer):
         for frame in frames(parts):
             await self.send(text_data=frame)
 
+    def panel_services(self, snapshot, changed, full):
+        if not (full or changed.get("services")):
+            return []
+        from agents.views import panel
+
+        return [relay.render_once(("services",), lambda: _fragment(
+            "fragments/services_table.html", **panel(snapshot)))]
+
+    async def services_event(self, event):
+        if self.panel == "services":
+            await self.send(text_data=await database_sync_to_async(self._service_events)())
+
+    def _service_events(self) -> str:
+        from agents.views import recent_events
+
+        return _fragment("fragments/service_events.html", events=recent_events())
+
     def panel_overview(self, snapshot, changed, full):
         return [relay.render_once(("overview",), lambda: _fragment(
             "fragments/overview_panel.html", ov=services.overview(snapshot),

@@ -3,6 +3,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView
 
+from agents import views as agent_views
 from streams import api as stream_api
 from streams import deadletter_api as dl_api
 
@@ -11,7 +12,6 @@ from . import api, metrics, views
 COMING = [
     # (path, url name, title, issue that fills it)
     ("agents/", "agents:list", "Agents", 5),
-    ("services/", "services:list", "Services", 5),
     ("alerts/", "alerts:list", "Alerts", 6),
 ]
 
@@ -28,6 +28,7 @@ api_v1 = [
     path("deadletters/<str:pk>/", dl_api.dl_detail, name="api-deadletter"),
     path("deadletters/<str:pk>/replay/", dl_api.dl_replay, name="api-deadletter-replay"),
     path("jobs/<str:pk>/", dl_api.job_detail, name="api-job"),
+    path("services/", agent_views.api_services, name="api-services"),
     path("audit/", api.audit_list, name="api-audit"),
 ]
 
@@ -41,6 +42,7 @@ urlpatterns = [
     path("streams/", include("streams.urls")),
     path("deadletters/", include("streams.deadletter_urls")),
     path("audit/", views.audit, name="audit-list"),
+    path("services/", agent_views.service_list, name="services-list"),
     path("api/v1/", include(api_v1)),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
 ] + [

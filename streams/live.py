@@ -57,6 +57,7 @@ class Relay:
             nc = await web_client.get()
             await live.subscribe_deltas(nc, self.on_delta)
             await nc.subscribe("lucent.console.live.deadletters", cb=self.on_deadletters)
+            await nc.subscribe("lucent.console.live.services", cb=self.on_service_event)
             self._loop = loop
             await self.refresh()
             loop.create_task(self._watch(loop))
@@ -107,6 +108,11 @@ class Relay:
         layer = get_channel_layer()
         if layer is not None:
             await layer.group_send(self.group, {"type": "deadletters.added"})
+
+    async def on_service_event(self, msg) -> None:
+        layer = get_channel_layer()
+        if layer is not None:
+            await layer.group_send(self.group, {"type": "services.event"})
 
     def _set(self, snapshot: dict) -> None:
         previous_seq = (self.snapshot or {}).get("seq")

@@ -261,14 +261,15 @@ def failed(previous: dict | None, error: str, now: float | None = None) -> dict:
 # ------------------------------------------------------------------ deltas
 
 HEAD = ("seq", "at", "ok", "error", "server", "sweep_ms", "failed_at")
+TABLES = ("streams", "consumers", "services")
 
 def diff(old: dict | None, new: dict) -> dict:
     """What changed from ``old`` to ``new``; ``full`` when there is no base."""
     head = {k: new[k] for k in HEAD if k in new}
     if not old:
-        return {**head, "full": True, "streams": new["streams"], "consumers": new["consumers"]}
+        return {**head, "full": True, **{t: new[t] for t in TABLES if t in new}}
     delta = {**head, "base": old.get("seq")}
-    for table in ("streams", "consumers"):
+    for table in TABLES:
         before, after = old.get(table, {}), new.get(table, {})
         delta[table] = {k: v for k, v in after.items() if before.get(k) != v}
         delta[f"removed_{table}"] = [k for k in before if k not in after]
@@ -284,7 +285,9 @@ def apply_delta(snapshot: dict | None, delta: dict) -> dict | None:
         return None
     out = {k: v for k, v in snapshot.items() if k not in HEAD}
     out.update({k: delta[k] for k in HEAD if k in delta})
-    for table in ("streams", "consumers"):
+    for table in TABLES:
+        if table not in snapshot and not delta.get(table):
+            continue
         merged = {**snapshot.get(table, {}), **delta.get(table, {})}
         for gone in delta.get(f"removed_{table}", []):
             merged.pop(gone, None)
@@ -298,6 +301,8 @@ def changed_keys(delta: dict) -> dict:
         "full": bool(delta.get("full")),
         "streams": sorted(set(delta.get("streams", {})) | set(delta.get("removed_streams", []))),
         "consumers": sorted(set(delta.get("consumers", {})) | set(delta.get("removed_consumers", []))),
+        "services": bool(delta.get("full") or delta.get("services")
+                         or delta.get("removed_services")),
         # Streams or consumers came or went: lists must be re-rendered whole.
         "membership": bool(delta.get("full") or delta.get("removed_streams")
                            or delta.get("added_streams") or delta.get("removed_consumers")

@@ -93,6 +93,7 @@ class CollectorThread:
                            retry_initial=False)
         self.collector = Collector(nc, self.interval)
         await live.serve_full(nc, lambda: self.collector.snapshot)
+        await self.collector.watch_services()
         await self.collector.sweep_once()
         self.ready.set()
         while not self.stopping:

@@ -13,7 +13,7 @@ from .config import BusConfig
 
 log = logging.getLogger("lucent.bus")
 
-MAX_BACKOFF = 10.0
+MAX_BACKOFF = 3.0  # an on-call console should be back within seconds of its bus
 
 
 def backoff_delay(attempt: int, base: float = 0.25, cap: float = MAX_BACKOFF) -> float:
