@@ -145,3 +145,28 @@ def test_a_dead_letter_appears_live_renders_as_text_and_replays(page, console, b
     page.wait_for_selector("#dl-status:has-text('replayed')", timeout=10000)
     assert "Replayed to xssq.job" in page.locator("#dl-actions").inner_text()
     assert dialogs == []
+
+
+def test_a_silent_service_turns_stale_then_down_live(page, console, bus_server):
+    from lucent_console.bus import envelope
+
+    async def beats(n: int):
+        nc = await connect("t", BusConfig.from_env({"NATS_URL": bus_server.url}), retry_initial=False)
+        for _ in range(n):
+            await nc.publish("lucent.services.pricing.health", envelope.encode(envelope.make(
+                "HealthCheck", "lucent.services.pricing.health",
+                {"status": "ok", "interval_s": 0.5, "version": "9.9"},
+                sender={"serviceId": "pricing", "instanceId": "p-1"})))
+            await asyncio.sleep(0.2)
+        await nc.close()
+
+    page.goto(console.url + "/services/")
+    page.evaluate("window.__still_here = true")
+    _bus_thread(lambda: beats(5))
+    cell = "#services-panel tr:has-text('pricing') .status-{}"
+    page.wait_for_selector(cell.format("up"), timeout=10000)
+    page.wait_for_selector(cell.format("stale"), timeout=10000)  # silent for 2 intervals
+    page.wait_for_selector(cell.format("down"), timeout=10000)  # 5 intervals
+    _bus_thread(lambda: beats(3))
+    page.wait_for_selector(cell.format("up"), timeout=10000)
+    assert page.evaluate("window.__still_here") is True
