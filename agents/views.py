@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from django.shortcuts import render
-from django.views.decorators.http import require_GET
+from django.views.decorators.http import require_GET, require_http_methods
 from rest_framework.decorators import api_view
 from rest_framework.response import Response
 
@@ -46,3 +46,39 @@ def api_services(request):
         "last_seen": r["last_seen"], "version": r["version"], "node": r["node"],
         "reported": r["reported"], "interval_s": r["interval_s"], "details": r["details"],
     } for r in panel(snapshot)["instances"]])
+
+
+@api_view(["POST"])
+def api_probe(request):
+    from lucent_console.actions import ActionError
+
+    from .probe import probe
+
+    data = request.data if hasattr(request.data, "get") else {}
+    try:
+        result = probe(request.user, data.get("subject"), data.get("payload"), data.get("count", 1),
+                       data.get("timeout", 2.0))
+    except ActionError as exc:
+        return Response({"error": str(exc)}, status=exc.status)
+    result["replies"] = [{"rtt_ms": r["rtt_ms"], **r["decoded"].as_dict(),
+                          "text": r["decoded"].text} for r in result["replies"]]
+    return Response(result)
+
+
+@require_http_methods(["GET", "POST"])
+def probe_form(request):
+    """GET: the form, pre-filled with a valid envelope; POST (htmx): run it, show the result."""
+    from lucent_console.actions import ActionError
+
+    from .probe import DEFAULT_SUBJECT, default_payload, probe
+
+    subject = request.POST.get("subject") or request.GET.get("subject") or DEFAULT_SUBJECT
+    if request.method == "GET":
+        return render(request, "fragments/probe.html",
+                      {"subject": subject, "payload": default_payload(subject)})
+    try:
+        result = probe(request.user, subject, request.POST.get("payload"),
+                       request.POST.get("count", 1), request.POST.get("timeout", 2.0))
+    except ActionError as exc:
+        return render(request, "fragments/action_result.html", {"error": str(exc)}, status=exc.status)
+    return render(request, "fragments/probe_result.html", {"r": result})

@@ -29,6 +29,7 @@ api_v1 = [
     path("deadletters/<str:pk>/replay/", dl_api.dl_replay, name="api-deadletter-replay"),
     path("jobs/<str:pk>/", dl_api.job_detail, name="api-job"),
     path("services/", agent_views.api_services, name="api-services"),
+    path("probe/", agent_views.api_probe, name="api-probe"),
     path("audit/", api.audit_list, name="api-audit"),
 ]
 
@@ -43,6 +44,7 @@ urlpatterns = [
     path("deadletters/", include("streams.deadletter_urls")),
     path("audit/", views.audit, name="audit-list"),
     path("services/", agent_views.service_list, name="services-list"),
+    path("services/probe/", agent_views.probe_form, name="probe"),
     path("api/v1/", include(api_v1)),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
 ] + [
