@@ -82,3 +82,19 @@ def probe_form(request):
     except ActionError as exc:
         return render(request, "fragments/action_result.html", {"error": str(exc)}, status=exc.status)
     return render(request, "fragments/probe_result.html", {"r": result})
+
+
+def hierarchy_panel(snapshot: dict | None) -> dict:
+    from .hierarchy import LEVELS, Hierarchy
+
+    records = (snapshot or {}).get("hierarchy") or {}
+    levels = [{"level": level, "items": [r for r in records.values() if r["level"] == level]}
+              for level in LEVELS]
+    return {"levels": levels, "silent": Hierarchy().silent_levels(records)}
+
+
+@require_GET
+def hierarchy(request):
+    request.live_panel = {"panel": "hierarchy"}
+    return render(request, "agents/hierarchy.html", {
+        **hierarchy_panel(stream_services.current_snapshot()), "page": "agents"})

@@ -40,6 +40,9 @@ class Collector:
         from agents.registry import ServiceRegistry
 
         self.services = ServiceRegistry()
+        from agents.hierarchy import Hierarchy
+
+        self.hierarchy = Hierarchy()
         self.snapshot: dict | None = None
         self.last_delta_bytes = 0
 
@@ -52,6 +55,7 @@ class Collector:
         except Exception as exc:
             new = snap.failed(self.snapshot, f"{type(exc).__name__}: {exc}")
         new["services"] = self.services.records()
+        new["hierarchy"] = self.hierarchy.records()
         delta = snap.diff(self.snapshot, new)
         self.snapshot = new
         if self.nc.is_connected:
@@ -76,7 +80,11 @@ class Collector:
             except Exception:
                 log.exception("collector: could not keep a service event")
 
+        async def on_hierarchy(msg):
+            self.hierarchy.event(msg.subject, msg.data, msg.headers)
+
         await self.nc.subscribe("lucent.services.*.health", cb=on_heartbeat)
+        await self.nc.subscribe("lucent.hierarchy.>", cb=on_hierarchy)
         await self.nc.subscribe("lucent.services.*.alerts", cb=on_event)
         await self.nc.subscribe("lucent.services.*.config", cb=on_event)
 

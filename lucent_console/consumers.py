@@ -94,6 +94,14 @@ class LiveConsumer(AsyncWebsocketConsumer):
         return [relay.render_once(("services",), lambda: _fragment(
             "fragments/services_table.html", **panel(snapshot)))]
 
+    def panel_hierarchy(self, snapshot, changed, full):
+        if not (full or changed.get("hierarchy")):
+            return []
+        from agents.views import hierarchy_panel
+
+        return [relay.render_once(("hierarchy",), lambda: _fragment(
+            "fragments/hierarchy_tree.html", **hierarchy_panel(snapshot)))]
+
     async def services_event(self, event):
         if self.panel == "services":
             await self.send(text_data=await database_sync_to_async(self._service_events)())

@@ -45,6 +45,7 @@ urlpatterns = [
     path("audit/", views.audit, name="audit-list"),
     path("services/", agent_views.service_list, name="services-list"),
     path("services/probe/", agent_views.probe_form, name="probe"),
+    path("agents/hierarchy/", agent_views.hierarchy, name="hierarchy"),
     path("api/v1/", include(api_v1)),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
 ] + [

@@ -261,7 +261,7 @@ def failed(previous: dict | None, error: str, now: float | None = None) -> dict:
 # ------------------------------------------------------------------ deltas
 
 HEAD = ("seq", "at", "ok", "error", "server", "sweep_ms", "failed_at")
-TABLES = ("streams", "consumers", "services")
+TABLES = ("streams", "consumers", "services", "hierarchy")
 
 def diff(old: dict | None, new: dict) -> dict:
     """What changed from ``old`` to ``new``; ``full`` when there is no base."""
@@ -303,6 +303,8 @@ def changed_keys(delta: dict) -> dict:
         "consumers": sorted(set(delta.get("consumers", {})) | set(delta.get("removed_consumers", []))),
         "services": bool(delta.get("full") or delta.get("services")
                          or delta.get("removed_services")),
+        "hierarchy": bool(delta.get("full") or delta.get("hierarchy")
+                          or delta.get("removed_hierarchy")),
         # Streams or consumers came or went: lists must be re-rendered whole.
         "membership": bool(delta.get("full") or delta.get("removed_streams")
                            or delta.get("added_streams") or delta.get("removed_consumers")
