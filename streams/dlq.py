@@ -130,16 +130,12 @@ def get(dl_id) -> DeadLetter:
         raise NotFound(f"no dead letter {str(dl_id)[:20]!r}") from None
 
 
-def _bus(fn, *args, **kwargs):
-    return bus_sync.with_client(fn, *args, **kwargs)
-
-
 def load(letter: DeadLetter) -> dict:
     """The stored copy: headers, payload and its decoding (from DEAD_LETTERS)."""
     if letter.status == DeadLetter.PURGED:
         return {"available": False, "why": "purged"}
     try:
-        msg = _bus(js.next_message, dl.STREAM, letter.dl_seq)
+        msg = bus_sync.with_client(js.next_message, dl.STREAM, letter.dl_seq)
     except Exception as exc:
         return {"available": False, "why": f"cannot read DEAD_LETTERS: {exc}"}
     if msg is None or msg["seq"] != letter.dl_seq:
@@ -208,7 +204,7 @@ def replay(user, dl_id, subject: str | None = None, remove_original: bool = Fals
             return await _replay_one(nc, letter.dl_seq, target, remove_original,
                                      (letter.stream, letter.stream_seq))
 
-        result = _bus(go)
+        result = bus_sync.with_client(go)
         Replay.objects.create(dead_letter=letter, username=getattr(user, "username", ""),
                               subject=result["subject"], msg_id=result["msg_id"],
                               stream=result["stream"], seq=result["seq"],
@@ -236,7 +232,7 @@ def _purge_letters(letters: list[DeadLetter]) -> int:
             except js.JetStreamError as exc:
                 if exc.err_code not in (js.NO_MESSAGE_FOUND, 10057):
                     raise
-    _bus(go)
+    bus_sync.with_client(go)
     DeadLetter.objects.filter(pk__in=[x.pk for x in letters]).update(status=DeadLetter.PURGED,
                                                                      payload_available=False)
     return len(letters)
@@ -278,7 +274,7 @@ def start_job(user, kind: str, params, subject: str | None = None, rate=None,
         if subject:
             async def check(nc):
                 await _target_ok(nc, subject)
-            _bus(check)
+            bus_sync.with_client(check)
         matched = filtered(filters).count()
         job = Job.objects.create(kind=kind, total=matched, created_by=user if user.pk else None,
                                  params={"filters": filters, "subject": subject, "rate": rate,
@@ -434,7 +430,7 @@ def start_stream_replay(user, stream: str, target: str, start_seq=None, end_seq=
                 first = max(first, await js.message_time_search(nc, stream, first, last, when))
             return first, last, state
 
-        first, last, state = _bus(plan)
+        first, last, state = bus_sync.with_client(plan)
         if last < first:
             raise ActionError(f"nothing in {stream} between sequences {first} and {last}")
         upper = last - first + 1
@@ -500,7 +496,7 @@ def _retrying(go):
         try:
             if not bus_sync.run(_connected):
                 raise ConnectionError("bus unreachable")
-            return _bus(go)
+            return bus_sync.with_client(go)
         except (ConnectionError, OSError, js.JetStreamError) as exc:
             if time.monotonic() > deadline:
                 raise ActionError(f"bus unavailable for {BUS_RETRY_S}s: {exc}") from exc

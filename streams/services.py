@@ -35,11 +35,6 @@ MAX_SUBJECTS_LISTED = 10_000
 MAX_BROWSE = 100
 
 
-def bus_call(fn, *args, **kwargs):
-    """Run ``fn(nc, ...)`` on this process's bus connection from sync code."""
-    return bus_sync.with_client(fn, *args, **kwargs)
-
-
 # ------------------------------------------------------------------ reads
 
 def current_snapshot() -> dict | None:
@@ -135,7 +130,7 @@ def top_subjects(stream: dict, limit: int = MAX_TOP_SUBJECTS) -> dict:
     if stream["messages"] == 0:
         return {"rows": [], "note": ""}
     try:
-        info = bus_call(js.stream_info, stream["name"], subjects_filter=">")
+        info = bus_sync.with_client(js.stream_info, stream["name"], subjects_filter=">")
     except Exception as exc:
         return {"rows": [], "note": f"could not read subjects: {exc}"}
     counts = info.get("state", {}).get("subjects") or {}
@@ -202,7 +197,7 @@ def browse(stream: dict, start_seq=None, start_time=None, subject=None, limit=20
 
     if stream["messages"] == 0:
         return {"messages": [], "next_seq": None}
-    raw, next_seq = bus_call(read)
+    raw, next_seq = bus_sync.with_client(read)
     messages = [{**m, "decoded": envelope.decode(m["data"], m["headers"])} for m in raw]
     return {"messages": messages,
             "next_seq": next_seq if next_seq <= stream["last_seq"] and raw else None}
@@ -223,7 +218,7 @@ def purge_preview(stream: dict, params: dict) -> dict:
     total = stream["messages"]
     subject = params.get("subject")
     if subject:
-        info = bus_call(js.stream_info, stream["name"], subjects_filter=subject)
+        info = bus_sync.with_client(js.stream_info, stream["name"], subjects_filter=subject)
         total = sum((info.get("state", {}).get("subjects") or {}).values())
     exact = True
     if "keep" in params:
@@ -251,7 +246,7 @@ def purge(user, name: str, subject=None, keep=None, seq=None) -> int:
                  "admin") as outcome:
         params = purge_params(subject, keep, seq)
         _require_stream(name)
-        purged = bus_call(js.purge_stream, name, **params)
+        purged = bus_sync.with_client(js.purge_stream, name, **params)
         outcome.detail = f"purged {purged}"
     return purged
 
@@ -264,7 +259,7 @@ def delete_message(user, name: str, seq) -> None:
             raise ActionError("a sequence is required")
         _require_stream(name)
         try:
-            bus_call(js.delete_message, name, number)
+            bus_sync.with_client(js.delete_message, name, number)
         except js.JetStreamError as exc:
             raise ActionError(f"no message {number} in {name}: {exc}") from exc
         outcome.detail = f"deleted message {number}"
@@ -274,7 +269,7 @@ def _require_stream(name: str) -> None:
     if not name or any(c in name for c in " .*>\t/\\"):
         raise NotFound(f"no stream named {name!r}")
     try:
-        bus_call(js.stream_info, name)
+        bus_sync.with_client(js.stream_info, name)
     except js.JetStreamError as exc:
         if exc.err_code == js.STREAM_NOT_FOUND:
             raise NotFound(f"no stream named {name!r}") from None

@@ -96,7 +96,6 @@ async def test_advisories_wait_while_the_capture_is_stopped_and_a_crash_does_not
     first = await cap.fetch(10, timeout=1)
     for m in first:
         await capture.capture_one(fresh_nc, m.data)  # published, never acked
-    await fresh_nc.jetstream().consumer_info(capture.ADVISORY_STREAM, capture.CAPTURE_CONSUMER)
     await js.api(fresh_nc, f"CONSUMER.DELETE.{capture.ADVISORY_STREAM}.{capture.CAPTURE_CONSUMER}")
     await topology.apply(fresh_nc)  # a new capture consumer: every advisory again
     await _drain(fresh_nc)
@@ -142,17 +141,12 @@ async def _replayed_messages(nc) -> list:
     return info["num_pending"]
 
 
-@pytest.fixture
-def users_async(users):
-    return users
-
-
-async def test_replay_is_exactly_once_even_when_asked_twice(fresh_nc, fresh_server, users_async,
+async def test_replay_is_exactly_once_even_when_asked_twice(fresh_nc, fresh_server, users,
                                                            monkeypatch):
     monkeypatch.setenv("NATS_URL", fresh_server.url)
     await _captured(fresh_nc, 1)
     letter = await sync_to_async(DeadLetter.objects.get)()
-    operator = users_async["operator"]
+    operator = users["operator"]
     first = await sync_to_async(dlq.replay)(operator, letter.pk)
     second = await sync_to_async(dlq.replay)(operator, letter.pk)  # double click / 2nd operator
     assert first["status"] == "replayed" and first["subject"] == "orders.eu.0"
@@ -168,13 +162,13 @@ async def test_replay_is_exactly_once_even_when_asked_twice(fresh_nc, fresh_serv
     assert [r.outcome for r in records] == ["ok", "ok"]
 
 
-async def test_replay_to_a_subject_no_stream_stores_is_refused(fresh_nc, fresh_server, users_async,
+async def test_replay_to_a_subject_no_stream_stores_is_refused(fresh_nc, fresh_server, users,
                                                               monkeypatch):
     monkeypatch.setenv("NATS_URL", fresh_server.url)
     await _captured(fresh_nc, 1)
     letter = await sync_to_async(DeadLetter.objects.get)()
     with pytest.raises(dlq.ActionError, match="no stream stores 'nowhere.at.all'"):
-        await sync_to_async(dlq.replay)(users_async["operator"], letter.pk, "nowhere.at.all")
+        await sync_to_async(dlq.replay)(users["operator"], letter.pk, "nowhere.at.all")
     await sync_to_async(letter.refresh_from_db)()
     assert letter.status == DeadLetter.NEW
     assert await _replayed_messages(fresh_nc) == 0
@@ -183,11 +177,11 @@ async def test_replay_to_a_subject_no_stream_stores_is_refused(fresh_nc, fresh_s
 
 
 async def test_viewers_cannot_replay_or_purge_and_nothing_changes(fresh_nc, fresh_server,
-                                                                 users_async, monkeypatch):
+                                                                 users, monkeypatch):
     monkeypatch.setenv("NATS_URL", fresh_server.url)
     await _captured(fresh_nc, 2)
     letter = await sync_to_async(DeadLetter.objects.first)()
-    viewer = users_async["viewer"]
+    viewer = users["viewer"]
     for call in (lambda: dlq.replay(viewer, letter.pk), lambda: dlq.purge_one(viewer, letter.pk),
                  lambda: dlq.start_job(viewer, "replay", {}), lambda: dlq.start_job(viewer, "purge", {})):
         with pytest.raises(dlq.Refused):
@@ -200,10 +194,10 @@ async def test_viewers_cannot_replay_or_purge_and_nothing_changes(fresh_nc, fres
 
 
 async def test_bulk_replay_holds_the_rate_and_purge_empties_the_stream(fresh_nc, fresh_server,
-                                                                      users_async, monkeypatch):
+                                                                      users, monkeypatch):
     monkeypatch.setenv("NATS_URL", fresh_server.url)
     await _captured(fresh_nc, 30)
-    operator = users_async["operator"]
+    operator = users["operator"]
     preview = await sync_to_async(dlq.dry_run)({"consumer": "shipper"})
     assert preview["matched"] == 30 and preview["targets"][0]["n"] == 1
     started = asyncio.get_running_loop().time()
@@ -222,7 +216,7 @@ async def test_bulk_replay_holds_the_rate_and_purge_empties_the_stream(fresh_nc,
     assert await sync_to_async(DeadLetter.objects.filter(status="purged").count)() == 30
 
 
-async def test_an_interrupted_bulk_replay_resumes_without_duplicates_or_losses(tmp_path, users_async,
+async def test_an_interrupted_bulk_replay_resumes_without_duplicates_or_losses(tmp_path, users,
                                                                               monkeypatch):
     from lucent_console.bus import embedded
 
@@ -233,7 +227,7 @@ async def test_an_interrupted_bulk_replay_resumes_without_duplicates_or_losses(t
     monkeypatch.setenv("NATS_URL", server.url)
     nc = await bus(server.url)
     await _captured(nc, 40)
-    operator = users_async["operator"]
+    operator = users["operator"]
     monkeypatch.setattr(dlq, "BATCH", 10)
     job_id = (await sync_to_async(Job.objects.create)(
         kind="replay", total=40, params={"filters": {}, "subject": None, "rate": 40})).pk
