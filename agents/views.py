@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.http import Http404
 from django.shortcuts import render
 from django.views.decorators.http import require_GET, require_http_methods
 from rest_framework.decorators import api_view
@@ -9,6 +10,7 @@ from rest_framework.response import Response
 
 from streams import services as stream_services
 
+from .activity import STREAM
 from .models import ServiceEvent
 
 COUNTS = ("up", "stale", "down")
@@ -98,3 +100,70 @@ def hierarchy(request):
     request.live_panel = {"panel": "hierarchy"}
     return render(request, "agents/hierarchy.html", {
         **hierarchy_panel(stream_services.current_snapshot()), "page": "agents"})
+
+
+# ------------------------------------------------------------------ agents
+
+def agents_panel(snapshot: dict | None, feed: bool = False) -> dict:
+    agents = list(((snapshot or {}).get("agents") or {}).values())
+    counts = {s: sum(a["status"] == s for a in agents) for s in ("working", "failing", "stuck", "idle")}
+    out = {"agents": agents, "counts": counts}
+    if feed:
+        out["feed"] = sorted(((snapshot or {}).get("agent_feed") or {}).values(),
+                             key=lambda e: e["seq"], reverse=True)
+    return out
+
+
+def agent_panel(snapshot: dict | None, name: str) -> dict:
+    agent = ((snapshot or {}).get("agents") or {}).get(name)
+    consumers = [c for key, c in ((snapshot or {}).get("consumers") or {}).items()
+                 if agent and c["stream"] == STREAM and c["name"] in agent["consumers"]]
+    feed = [e for e in agents_panel(snapshot, feed=True)["feed"] if e["kind"] == name]
+    return {"agent": agent, "name": name, "consumers": consumers, "feed": feed,
+            "acked_per_s": round(sum(c["acked_per_s"] or 0 for c in consumers), 2)}
+
+
+@require_GET
+def agent_list(request):
+    request.live_panel = {"panel": "agents"}
+    return render(request, "agents/list.html", {
+        **agents_panel(stream_services.current_snapshot(), feed=True), "page": "agents"})
+
+
+@require_GET
+def agent_detail(request, name: str):
+    from streams import history
+
+    from .activity import failure_series
+
+    data = agent_panel(stream_services.current_snapshot(), name)
+    if data["agent"] is None:
+        raise Http404(f"No agent {name!r} on the bus (agents come from lucent.agents.<kind>.<task>).")
+    range_ = request.GET.get("range", "1h")
+    range_ = range_ if range_ in history.RANGES else "1h"
+    series = history.series("c", [f"{STREAM}/{c}" for c in data["agent"]["consumers"]], range_)
+    series.update(failure_series(name, range_))
+    request.live_panel = {"panel": "agent", "name": name}
+    return render(request, "agents/detail.html", {
+        **data, "page": "agents", "ranges": list(history.RANGES), "range": range_,
+        "live_chart": range_ in ("15m", "1h"), "chart": history.chart(series, AGENT_CHARTS)})
+
+
+AGENT_CHARTS = [
+    {"id": "chart-rate", "title": "Throughput", "traces": [["rate", "jobs acked/s"]]},
+    {"id": "chart-pending", "title": "Jobs", "traces": [["ack_pending", "in flight"],
+                                                        ["pending", "waiting"]]},
+    {"id": "chart-failures", "title": "Failures (dead letters)", "bar": True, "x": "failures_t",
+     "traces": [["failures", "dead letters"]]},
+]
+API_AGENT_KEYS = ("name", "subject", "status", "msgs_per_s", "out_per_s", "in_flight", "waiting",
+                  "redeliveries", "failures", "mean_ms", "p95_ms", "last_seen", "consumers",
+                  "instances", "workers", "tasks")
+
+
+@api_view(["GET"])
+def api_agents(request):
+    snapshot = stream_services.current_snapshot()
+    if snapshot is None:
+        return Response({"error": stream_services.live_status()["error"]}, status=503)
+    return Response([{k: a[k] for k in API_AGENT_KEYS} for a in agents_panel(snapshot)["agents"]])

@@ -17,12 +17,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from datetime import UTC, datetime
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from nats.aio.client import Client
 
-from lucent_console.bus import envelope, live
+from lucent_console.bus import envelope, live, watch
 from lucent_console.bus import jetstream as js
 from streams import snapshot as snap
 
@@ -30,6 +31,7 @@ from .models import Heartbeat
 
 log = logging.getLogger("lucent.collector")
 SERVICES_NOTIFY = "lucent.console.live.services"
+EVENT_COALESCE_S = 0.05
 
 
 class Collector:
@@ -43,8 +45,14 @@ class Collector:
         from agents.hierarchy import Hierarchy
 
         self.hierarchy = Hierarchy()
+        from agents.activity import AgentActivity
+
+        self.agents = AgentActivity()
         self.snapshot: dict | None = None
         self.last_delta_bytes = 0
+        self._lock = asyncio.Lock()  # one delta at a time, in order
+        self._poked = asyncio.Event()
+        self._watching_agents = False
 
     async def sweep_once(self) -> dict:
         """Sweep, build, publish the delta. Never raises."""
@@ -54,8 +62,20 @@ class Collector:
             new = await self.tracker.collect(self.nc, js.server_summary(self.nc))
         except Exception as exc:
             new = snap.failed(self.snapshot, f"{type(exc).__name__}: {exc}")
+            new.pop("event", None)
+        async with self._lock:
+            self._event_tables(new)
+            await self._publish(new)
+        return new
+
+    def _event_tables(self, new: dict) -> None:
+        """The tables fed by events rather than sweeps."""
         new["services"] = self.services.records()
         new["hierarchy"] = self.hierarchy.records()
+        new["agents"], new["agent_feed"] = self.agents.tables(new.get("consumers", {}),
+                                                              new["services"])
+
+    async def _publish(self, new: dict) -> None:
         delta = snap.diff(self.snapshot, new)
         self.snapshot = new
         if self.nc.is_connected:
@@ -63,7 +83,28 @@ class Collector:
                 self.last_delta_bytes = await live.publish_delta(self.nc, delta)
             except Exception as exc:
                 log.warning("collector: could not publish the delta: %s", exc)
-        return new
+
+    def poke(self) -> None:
+        """Something happened (a heartbeat, an agent job, an ack): push it soon,
+        without waiting for the next sweep."""
+        self._poked.set()
+
+    async def push_events(self, stop: asyncio.Event) -> None:
+        """Between sweeps, publish what events changed, at most every ``EVENT_COALESCE_S``."""
+        while not stop.is_set():
+            await self._poked.wait()
+            await asyncio.sleep(EVENT_COALESCE_S)
+            self._poked.clear()
+            if self.snapshot is None:
+                continue
+            async with self._lock:
+                new = {**self.snapshot, "event": True}
+                self._event_tables(new)
+                if all(new[t] == self.snapshot.get(t) for t in snap.EVENT_TABLES):
+                    continue
+                self.tracker.seq += 1
+                new["seq"] = self.tracker.seq
+                await self._publish(new)
 
     async def watch_services(self) -> None:
         """Heartbeats update the registry; alerts and config updates are kept."""
@@ -71,6 +112,7 @@ class Collector:
 
         async def on_heartbeat(msg):
             self.services.heartbeat(msg.subject, msg.data, msg.headers)
+            self.poke()
 
         async def on_event(msg):
             try:
@@ -82,11 +124,59 @@ class Collector:
 
         async def on_hierarchy(msg):
             self.hierarchy.event(msg.subject, msg.data, msg.headers)
+            self.poke()
 
         await self.nc.subscribe("lucent.services.*.health", cb=on_heartbeat)
         await self.nc.subscribe("lucent.hierarchy.>", cb=on_hierarchy)
         await self.nc.subscribe("lucent.services.*.alerts", cb=on_event)
         await self.nc.subscribe("lucent.services.*.config", cb=on_event)
+
+    async def watch_agents(self, seed: bool = True) -> None:
+        """Agent jobs, acks, failures and outputs (``agents.activity``). The jobs
+        need the agent stream: until topology is applied this is retried every sweep."""
+        from agents.activity import STREAM
+        from streams.models import DeadLetter
+
+        if self._watching_agents or not self.nc.is_connected:
+            return
+        activity = self.agents
+
+        async def on_job(msg):
+            activity.job(msg.metadata.sequence.stream, msg.subject, msg.data, msg.headers)
+            self.poke()
+
+        async def on_ack(ack):
+            activity.ack(ack)
+            self.poke()
+
+        async def on_failure(kind, advisory):
+            activity.failure(advisory, consumers=(self.snapshot or {}).get("consumers"))
+            self.poke()
+
+        async def on_output(msg):
+            activity.outbound(msg.data)
+
+        try:
+            await watch.follow_new(self.nc, STREAM, "lucent.agents.>", on_job)
+        except Exception as exc:
+            log.debug("collector: agent stream not followed yet: %s", exc)
+            return
+        self._watching_agents = True
+        await watch.watch_acks(self.nc, STREAM, on_ack)
+        await watch.watch_failures(self.nc, STREAM, on_failure)
+        await self.nc.subscribe("lucent.events.>", cb=on_output)
+
+        def recent_failures():
+            since = time.time() - 3600
+            return [(subject, at.timestamp()) for subject, at in DeadLetter.objects.filter(
+                stream=STREAM, captured_at__gte=datetime.fromtimestamp(since, UTC))
+                .values_list("subject", "captured_at")[:100_000]]
+
+        try:
+            if seed:
+                activity.seed_failures(await sync_to_async(recent_failures)())
+        except Exception:
+            log.exception("collector: could not read recent agent failures")
 
     def health(self) -> dict:
         s = self.snapshot or {}
@@ -113,9 +203,11 @@ class Collector:
         await live.serve_full(self.nc, lambda: self.snapshot)
         await self.watch_services()
         capturing = asyncio.create_task(capture.run(self.nc, stop))
+        pushing = asyncio.create_task(self.push_events(stop))
         last_beat = 0.0
         while not stop.is_set():
             started = time.monotonic()
+            await self.watch_agents()
             await self.sweep_once()
             if started - last_beat >= heartbeat_every:
                 last_beat = started
@@ -125,6 +217,7 @@ class Collector:
                 await asyncio.wait_for(stop.wait(), max(0.05, self.interval - elapsed))
             except TimeoutError:
                 pass
+        pushing.cancel()
         await capturing
 
 

@@ -8,6 +8,7 @@ the pages render, rendered once per snapshot for all sockets that show them.
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from urllib.parse import parse_qs
 
@@ -35,6 +36,12 @@ def frames(parts: list[str]) -> list[str]:
     rows = [p for p in parts if p.startswith("<tr")]
     bodies = [p for p in parts if p.startswith("<tbody")]
     return [f for f in ["".join(other), *bodies, "".join(rows)] if f]
+
+
+def chart_point(at: float, **values) -> str:
+    """The hidden element whose out-of-band swap extends a page's charts (charts.js)."""
+    return format_html('<div id="chart-point" hidden hx-swap-oob="true" data-t="{}" data-values="{}">'
+                       '</div>', datetime.fromtimestamp(at, UTC).isoformat(), json.dumps(values))
 
 
 class LiveConsumer(AsyncWebsocketConsumer):
@@ -77,8 +84,10 @@ class LiveConsumer(AsyncWebsocketConsumer):
         full = changed is None or changed.get("full")
         snapshot = relay.snapshot
         status = relay.status()
-        parts = [relay.render_once(("status", repr(sorted(status.items()))), lambda: _fragment(
-            "fragments/live_status.html", live=status))]
+        parts = []
+        if not (changed or {}).get("event"):  # events between sweeps leave the status as it is
+            parts.append(relay.render_once(("status", repr(sorted(status.items()))), lambda: _fragment(
+                "fragments/live_status.html", live=status)))
         if snapshot is not None:
             handler = getattr(self, f"panel_{self.panel}", None)
             if handler is not None:
@@ -111,7 +120,40 @@ class LiveConsumer(AsyncWebsocketConsumer):
 
         return _fragment("fragments/service_events.html", events=recent_events())
 
+    def panel_agents(self, snapshot, changed, full):
+        from agents.views import agents_panel
+
+        out = []
+        if full or changed.get("agents"):
+            out.append(relay.render_once(("agents",), lambda: _fragment(
+                "fragments/agents_table.html", **agents_panel(snapshot))))
+        if full or changed.get("agent_feed"):
+            out.append(relay.render_once(("agent-feed", ""), lambda: _fragment(
+                "fragments/agent_feed.html", feed=agents_panel(snapshot, feed=True)["feed"])))
+        return out
+
+    def panel_agent(self, snapshot, changed, full):
+        from agents.views import agent_panel
+
+        name = self.params.get("name", "")
+        out = []
+        if full or changed.get("agents"):
+            data = agent_panel(snapshot, name)
+            out.append(relay.render_once(("agent", name), lambda: _fragment(
+                "fragments/agent_state.html", **data)))
+            if not full and not changed.get("event") and data["agent"]:
+                a = data["agent"]
+                out.append(relay.render_once(("agent-point", name), lambda: chart_point(
+                    snapshot["at"], rate=data["acked_per_s"], ack_pending=a["in_flight"],
+                    pending=a["waiting"])))
+        if full or changed.get("agent_feed"):
+            out.append(relay.render_once(("agent-feed", name), lambda: _fragment(
+                "fragments/agent_feed.html", feed=agent_panel(snapshot, name)["feed"])))
+        return out
+
     def panel_overview(self, snapshot, changed, full):
+        if changed.get("event") and not full:
+            return []
         return [relay.render_once(("overview",), lambda: _fragment(
             "fragments/overview_panel.html", ov=services.overview(snapshot),
             findings=services.lint_findings(snapshot)))]
@@ -145,13 +187,10 @@ class LiveConsumer(AsyncWebsocketConsumer):
         if full or name in changed.get("streams", []):
             out.append(relay.render_once(("stream-state", name), lambda: _fragment(
                 "fragments/stream_state.html", s=stream)))
-            if not full and snapshot.get("ok"):
-                out.append(relay.render_once(("chart-point", name), lambda: format_html(
-                    '<div id="chart-point" hidden hx-swap-oob="true" data-t="{}" data-rate="{}" '
-                    'data-pending="{}" data-ack-pending="{}"></div>',
-                    datetime.fromtimestamp(snapshot["at"], UTC).isoformat(),
-                    stream["msgs_in_per_s"] if stream["msgs_in_per_s"] is not None else "",
-                    stream["pending"], stream["ack_pending"])))
+            if not full and snapshot.get("ok") and not changed.get("event"):
+                out.append(relay.render_once(("chart-point", name), lambda: chart_point(
+                    snapshot["at"], rate=stream["msgs_in_per_s"], pending=stream["pending"],
+                    ack_pending=stream["ack_pending"])))
         prefix = f"{name}/"
         touched = [k for k in changed.get("consumers", []) if k.startswith(prefix)]
         if full or (changed.get("membership") and touched):

@@ -11,7 +11,6 @@ from . import api, metrics, views
 
 COMING = [
     # (path, url name, title, issue that fills it)
-    ("agents/", "agents:list", "Agents", 5),
     ("alerts/", "alerts:list", "Alerts", 6),
 ]
 
@@ -28,9 +27,11 @@ api_v1 = [
     path("deadletters/<str:pk>/", dl_api.dl_detail, name="api-deadletter"),
     path("deadletters/<str:pk>/replay/", dl_api.dl_replay, name="api-deadletter-replay"),
     path("jobs/<str:pk>/", dl_api.job_detail, name="api-job"),
+    path("agents/", agent_views.api_agents, name="api-agents"),
     path("services/", agent_views.api_services, name="api-services"),
     path("probe/", agent_views.api_probe, name="api-probe"),
     path("audit/", api.audit_list, name="api-audit"),
+    path("trace/", include("traces.api_urls")),
 ]
 
 urlpatterns = [
@@ -43,9 +44,12 @@ urlpatterns = [
     path("streams/", include("streams.urls")),
     path("deadletters/", include("streams.deadletter_urls")),
     path("audit/", views.audit, name="audit-list"),
+    path("trace/", include("traces.urls")),
     path("services/", agent_views.service_list, name="services-list"),
     path("services/probe/", agent_views.probe_form, name="probe"),
+    path("agents/", agent_views.agent_list, name="agents-list"),
     path("agents/hierarchy/", agent_views.hierarchy, name="hierarchy"),
+    path("agents/<path:name>/", agent_views.agent_detail, name="agent-detail"),
     path("api/v1/", include(api_v1)),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
 ] + [

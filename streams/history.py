@@ -80,16 +80,33 @@ def prune(now: datetime | None = None) -> bool:
     return removed > 0
 
 
-def series(kind: str, key: str, range_: str, now: datetime | None = None) -> dict:
-    """Chart data: times and values of one stream or consumer over a range."""
+def series(kind: str, keys: str | list[str], range_: str, now: datetime | None = None) -> dict:
+    """Chart data of one stream or consumer over a range; with several keys, their sum
+    at each time (consumers are sampled together)."""
     resolution, span = RANGES.get(range_, RANGES["1h"])
     now = now or timezone.now()
-    rows = (Sample.objects.filter(kind=kind, key=key, resolution=resolution, at__gte=now - span)
+    keys = [keys] if isinstance(keys, str) else keys
+    rows = (Sample.objects.filter(kind=kind, key__in=keys, resolution=resolution, at__gte=now - span)
             .order_by("at").values_list("at", "rate", "pending", "ack_pending"))
-    out = {"t": [], "rate": [], "pending": [], "ack_pending": []}
-    for at, rate, pending, ack_pending in rows:
-        out["t"].append(at.isoformat())
+    sums: dict = {}
+    for at, *values in rows:
+        old = sums.setdefault(at, [None, None, None])
+        sums[at] = [v if o is None else o + (v or 0) for o, v in zip(old, values, strict=True)]
+    out = {"t": [at.isoformat() for at in sums], "rate": [], "pending": [], "ack_pending": []}
+    for rate, pending, ack_pending in sums.values():
         out["rate"].append(rate)
         out["pending"].append(pending)
         out["ack_pending"].append(ack_pending)
     return out
+
+
+def chart(data: dict, charts: list[dict]) -> dict:
+    """What charts.js draws: times, the series by key, and which charts show which."""
+    return {"t": data["t"], "series": {k: v for k, v in data.items() if k != "t"}, "charts": charts}
+
+
+STREAM_CHARTS = [
+    {"id": "chart-rate", "title": "Message rate", "traces": [["rate", "messages in/s"]]},
+    {"id": "chart-pending", "title": "Pending",
+     "traces": [["pending", "pending"], ["ack_pending", "ack pending"]]},
+]

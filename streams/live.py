@@ -118,7 +118,7 @@ class Relay:
         previous_seq = (self.snapshot or {}).get("seq")
         self.snapshot = snapshot
         self.received_at = time.time()
-        if snapshot.get("ok") and snapshot.get("seq") != previous_seq:
+        if snapshot.get("ok") and snapshot.get("seq") != previous_seq and not snapshot.get("event"):
             for name, s in snapshot.get("streams", {}).items():
                 points = self.history.setdefault(name, collections.deque(maxlen=SPARK_POINTS))
                 points.append(s.get("msgs_in_per_s") or 0.0)

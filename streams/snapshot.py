@@ -260,8 +260,10 @@ def failed(previous: dict | None, error: str, now: float | None = None) -> dict:
 
 # ------------------------------------------------------------------ deltas
 
-HEAD = ("seq", "at", "ok", "error", "server", "sweep_ms", "failed_at")
-TABLES = ("streams", "consumers", "services", "hierarchy")
+HEAD = ("seq", "at", "ok", "error", "server", "sweep_ms", "failed_at", "event")
+# Tables filled by events between sweeps (a delta marked ``event`` changes only these).
+EVENT_TABLES = ("services", "hierarchy", "agents", "agent_feed")
+TABLES = ("streams", "consumers") + EVENT_TABLES
 
 def diff(old: dict | None, new: dict) -> dict:
     """What changed from ``old`` to ``new``; ``full`` when there is no base."""
@@ -301,10 +303,9 @@ def changed_keys(delta: dict) -> dict:
         "full": bool(delta.get("full")),
         "streams": sorted(set(delta.get("streams", {})) | set(delta.get("removed_streams", []))),
         "consumers": sorted(set(delta.get("consumers", {})) | set(delta.get("removed_consumers", []))),
-        "services": bool(delta.get("full") or delta.get("services")
-                         or delta.get("removed_services")),
-        "hierarchy": bool(delta.get("full") or delta.get("hierarchy")
-                          or delta.get("removed_hierarchy")),
+        **{table: bool(delta.get("full") or delta.get(table) or delta.get(f"removed_{table}"))
+           for table in EVENT_TABLES},
+        "event": bool(delta.get("event")),
         # Streams or consumers came or went: lists must be re-rendered whole.
         "membership": bool(delta.get("full") or delta.get("removed_streams")
                            or delta.get("added_streams") or delta.get("removed_consumers")

@@ -46,7 +46,8 @@ def stream_detail(request, name: str):
     return render(request, "streams/detail.html", {
         "s": stream, "page": "streams", "consumers": services.consumers_of(snapshot, name),
         "top": services.top_subjects(stream), "ranges": list(history.RANGES), "range": range_,
-        "chart": history.series(Sample.STREAM, name, range_), "live_chart": range_ in ("15m", "1h"),
+        "chart": history.chart(history.series(Sample.STREAM, name, range_), history.STREAM_CHARTS),
+        "live_chart": range_ in ("15m", "1h"),
     })
 
 

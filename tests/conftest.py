@@ -65,8 +65,8 @@ class CollectorThread:
     """The real collector's sweep loop, in a thread of the test process.
 
     Sweeps every ``interval`` seconds and answers full-snapshot requests, as
-    ``manage.py collector`` does (minus the heartbeat row, which would fight
-    the test's database transaction).
+    ``manage.py collector`` does (minus the heartbeat row and the agent failures
+    read at start, which would fight the test's database transaction).
     """
 
     def __init__(self, url: str, interval: float = 0.25) -> None:
@@ -94,11 +94,16 @@ class CollectorThread:
         self.collector = Collector(nc, self.interval)
         await live.serve_full(nc, lambda: self.collector.snapshot)
         await self.collector.watch_services()
+        await self.collector.watch_agents(seed=False)
+        stop = asyncio.Event()
+        pushing = asyncio.create_task(self.collector.push_events(stop))
         await self.collector.sweep_once()
         self.ready.set()
         while not self.stopping:
             await asyncio.sleep(self.interval)
+            await self.collector.watch_agents(seed=False)
             await self.collector.sweep_once()
+        pushing.cancel()
         await nc.close()
 
     @property
@@ -114,7 +119,9 @@ class CollectorThread:
             if snap and predicate(snap):
                 return snap
             time.sleep(0.05)
-        raise AssertionError("the snapshot never satisfied the condition")
+        snap = self.collector.snapshot or {}
+        raise AssertionError("the snapshot never satisfied the condition; last: " + repr(
+            {k: v for k, v in snap.items() if k not in ("streams", "consumers")})[:3000])
 
     def stop(self) -> None:
         self.stopping = True

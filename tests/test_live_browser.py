@@ -71,6 +71,7 @@ def test_a_stream_created_while_the_page_is_open_appears_without_reload(page, co
     row = page.locator("#stream-APPEARS_LIVE").inner_text()
     assert "appears_live.>" in row
     page.goto(console.url + "/streams/APPEARS_LIVE/")
+    page.wait_for_selector("#chart-pending .main-svg")  # history charts drawn
     page.fill("input[name=seq]", "1")
     page.click("text=Read")
     page.wait_for_selector("article.msg")
@@ -170,3 +171,34 @@ def test_a_silent_service_turns_stale_then_down_live(page, console, bus_server):
     _bus_thread(lambda: beats(3))
     page.wait_for_selector(cell.format("up"), timeout=10000)
     assert page.evaluate("window.__still_here") is True
+
+
+def test_agent_jobs_appear_live_and_the_agent_page_draws_its_charts(page, console, bus_server):
+    from lucent_console.bus import envelope
+
+    async def work():
+        nc = await connect("t", BusConfig.from_env({"NATS_URL": bus_server.url}), retry_initial=False)
+        await js.add_consumer(nc, "AGENT_COORDINATION", {
+            "durable_name": "pricing-worker", "ack_policy": "explicit",
+            "filter_subject": "lucent.agents.pricing.>"})
+        await asyncio.sleep(1.5)  # a sweep sees the consumer
+        env = envelope.make("<b>PriceJob</b>", "lucent.agents.pricing.quote", {},
+                            sender={"serviceId": "gateway"})
+        await nc.jetstream().publish("lucent.agents.pricing.quote", envelope.encode(env))
+        sub = await nc.jetstream().pull_subscribe_bind("pricing-worker", "AGENT_COORDINATION")
+        for m in await sub.fetch(1, timeout=5):
+            await m.ack_sync()
+        await nc.close()
+
+    page.goto(console.url + "/agents/")
+    page.wait_for_selector("#agent-feed")
+    page.evaluate("window.__still_here = true")
+    _bus_thread(work)
+    row = page.wait_for_selector("#agent-feed tr:has-text('PriceJob') .outcome-done", timeout=10000)
+    assert row is not None and page.evaluate("window.__still_here") is True
+    assert "<b>PriceJob</b>" in page.locator("#agent-feed").inner_text()  # shown as text
+    page.wait_for_selector("#agent-pricing", timeout=10000)
+    page.click("#agent-pricing a")
+    page.wait_for_selector("#chart-failures .main-svg", timeout=10000)
+    assert page.locator("#chart-rate .main-svg").count() >= 1
+    assert "pricing-worker" in page.locator("#agent-state").inner_text()

@@ -1,4 +1,7 @@
-// Stream history charts (plotly.js from the plotly package) and live points.
+// History charts (plotly.js from the plotly package) and their live points.
+// #chart-data: {"t": [...], "series": {key: [...]}, "charts": [{"id", "title",
+// "traces": [[key, label], ...], "bar"?: true, "x"?: key of its own times}]}.
+// The websocket swaps #chart-point out of band: data-t and data-values {key: value}.
 (function () {
   const data = JSON.parse(document.getElementById("chart-data").textContent);
   const layout = (title) => ({
@@ -8,19 +11,23 @@
     legend: {orientation: "h"},
   });
   const cfg = {displayModeBar: false, responsive: true};
-  Plotly.newPlot("chart-rate", [{x: data.t, y: data.rate, name: "messages in/s", mode: "lines"}],
-                 layout("Message rate"), cfg);
-  Plotly.newPlot("chart-pending", [
-    {x: data.t, y: data.pending, name: "pending", mode: "lines"},
-    {x: data.t, y: data.ack_pending, name: "ack pending", mode: "lines"}], layout("Pending"), cfg);
+  for (const chart of data.charts) {
+    const x = chart.x ? data.series[chart.x] : data.t;
+    Plotly.newPlot(chart.id, chart.traces.map(([key, name]) => (
+      {x: x, y: data.series[key], name: name, type: chart.bar ? "bar" : "scatter",
+       mode: chart.bar ? undefined : "lines"})), layout(chart.title), cfg);
+  }
   if (document.getElementById("history").dataset.live !== "1") return;
-  // The websocket swaps #chart-point out of band on every sweep: extend the traces.
   document.body.addEventListener("htmx:oobAfterSwap", (e) => {
     const el = document.getElementById("chart-point");
     if (!el || !el.dataset.t || e.detail.target.id !== "chart-point") return;
-    const num = (v) => (v === "" || v === undefined ? null : Number(v));
-    Plotly.extendTraces("chart-rate", {x: [[el.dataset.t]], y: [[num(el.dataset.rate)]]}, [0], 2000);
-    Plotly.extendTraces("chart-pending", {x: [[el.dataset.t], [el.dataset.t]],
-      y: [[num(el.dataset.pending)], [num(el.dataset.ackPending)]]}, [0, 1], 2000);
+    const values = JSON.parse(el.dataset.values || "{}");
+    for (const chart of data.charts) {
+      const idx = [], ys = [];
+      chart.traces.forEach(([key], i) => {
+        if (!chart.x && key in values) { idx.push(i); ys.push([values[key]]); }
+      });
+      if (idx.length) Plotly.extendTraces(chart.id, {x: idx.map(() => [el.dataset.t]), y: ys}, idx, 2000);
+    }
   });
 })();
