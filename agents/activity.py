@@ -43,10 +43,17 @@ class Window:
 
     def add(self, now: float, n: int = 1) -> None:
         start = int(now // self.bucket_s) * self.bucket_s
-        if self.buckets and self.buckets[-1][0] == start:
-            self.buckets[-1][1] += n
-        else:
+        if not self.buckets or self.buckets[-1][0] < start:
             self.buckets.append([start, n])
+            return
+        for i in range(len(self.buckets) - 1, -1, -1):  # the present, or (seeding) the past
+            if self.buckets[i][0] == start:
+                self.buckets[i][1] += n
+                return
+            if self.buckets[i][0] < start:
+                self.buckets.insert(i + 1, [start, n])
+                return
+        self.buckets.appendleft([start, n])
 
     def total(self, now: float) -> int:
         while self.buckets and self.buckets[0][0] <= now - self.span_s:

@@ -1,5 +1,7 @@
-"""The collector: the one process that sweeps the bus for every reader,
-and captures and indexes dead letters (``streams.capture``).
+"""The collector: the one process (the elected leader) that sweeps the bus for every
+reader, captures and indexes dead letters (``streams.capture``), indexes envelope
+metadata for the correlation trace (``traces.indexer``), watches agents and services
+and judges the alert rules (``alerts.engine``).
 
 Each sweep (every ``LUCENT_SWEEP_INTERVAL`` seconds, 1 by default) builds one
 snapshot (``streams.snapshot``), publishes what changed on the bus for the web
@@ -53,6 +55,12 @@ class Collector:
         self._lock = asyncio.Lock()  # one delta at a time, in order
         self._poked = asyncio.Event()
         self._watching_agents = False
+        from agents.activity import Window
+        from alerts.engine import Alerting
+
+        self.alerting = Alerting()
+        self.deadletters_1h = Window(60, 3600)  # from DEAD_LETTERS' last_seq, sweep to sweep
+        self._dl_last_seq: int | None = None
 
     async def sweep_once(self) -> dict:
         """Sweep, build, publish the delta. Never raises."""
@@ -63,10 +71,20 @@ class Collector:
         except Exception as exc:
             new = snap.failed(self.snapshot, f"{type(exc).__name__}: {exc}")
             new.pop("event", None)
+        self._count_deadletters(new)
         async with self._lock:
             self._event_tables(new)
             await self._publish(new)
+        await self.alerting.evaluate(self.nc, new)
         return new
+
+    def _count_deadletters(self, new: dict) -> None:
+        dl = new.get("streams", {}).get("DEAD_LETTERS")
+        if new.get("ok") and dl is not None:
+            if self._dl_last_seq is not None and dl["last_seq"] > self._dl_last_seq:
+                self.deadletters_1h.add(time.time(), dl["last_seq"] - self._dl_last_seq)
+            self._dl_last_seq = dl["last_seq"]
+        new["deadletters_1h"] = self.deadletters_1h.total(time.time())
 
     def _event_tables(self, new: dict) -> None:
         """The tables fed by events rather than sweeps."""
@@ -166,17 +184,20 @@ class Collector:
         await watch.watch_failures(self.nc, STREAM, on_failure)
         await self.nc.subscribe("lucent.events.>", cb=on_output)
 
-        def recent_failures():
-            since = time.time() - 3600
-            return [(subject, at.timestamp()) for subject, at in DeadLetter.objects.filter(
-                stream=STREAM, captured_at__gte=datetime.fromtimestamp(since, UTC))
-                .values_list("subject", "captured_at")[:100_000]]
+        def recent_deadletters():
+            since = datetime.fromtimestamp(time.time() - 3600, UTC)
+            return list(DeadLetter.objects.filter(captured_at__gte=since)
+                        .values_list("stream", "subject", "captured_at")[:200_000])
 
         try:
-            if seed:
-                activity.seed_failures(await sync_to_async(recent_failures)())
+            if seed:  # so a restarted collector does not count from zero
+                rows = await sync_to_async(recent_deadletters)()
+                activity.seed_failures([(subj, at.timestamp()) for stream, subj, at in rows
+                                        if stream == STREAM])
+                for *_, at in rows:
+                    self.deadletters_1h.add(at.timestamp())
         except Exception:
-            log.exception("collector: could not read recent agent failures")
+            log.exception("collector: could not read the recent dead letters")
 
     def health(self) -> dict:
         s = self.snapshot or {}
@@ -202,7 +223,10 @@ class Collector:
 
         await live.serve_full(self.nc, lambda: self.snapshot)
         await self.watch_services()
+        from traces import indexer as trace_indexer
+
         capturing = asyncio.create_task(capture.run(self.nc, stop))
+        indexing = asyncio.create_task(trace_indexer.run(self.nc, stop))
         pushing = asyncio.create_task(self.push_events(stop))
         last_beat = 0.0
         while not stop.is_set():
@@ -219,6 +243,7 @@ class Collector:
                 pass
         pushing.cancel()
         await capturing
+        await indexing
 
 
 async def run(nc: Client, stop: asyncio.Event, interval: float | None = None) -> None:

@@ -45,6 +45,8 @@ def chart_point(at: float, **values) -> str:
 
 
 class LiveConsumer(AsyncWebsocketConsumer):
+    open = 0  # sockets open in this process (/metrics)
+
     async def connect(self):
         if not self.scope["user"].is_authenticated:
             await self.close()  # before accept: the handshake is refused (403)
@@ -59,9 +61,19 @@ class LiveConsumer(AsyncWebsocketConsumer):
             pass  # bus away: the status fragment says so; the relay starts later
         await self.channel_layer.group_add(relay.group, self.channel_name)
         await self.accept()
+        LiveConsumer.open += 1
+        self.counted = True
         await self.send_panel(None)
+        if self.panel in ("alerts", "overview"):
+            from lucent_console.roles import has_role
+
+            self.can_act = await database_sync_to_async(has_role)(self.scope["user"], "operator")
+            await self.alerts_changed({})
 
     async def disconnect(self, code):
+        if getattr(self, "counted", False):
+            LiveConsumer.open -= 1
+            self.counted = False
         await self.channel_layer.group_discard(relay.group, self.channel_name)
 
     async def snapshot_updated(self, event):
@@ -150,6 +162,18 @@ class LiveConsumer(AsyncWebsocketConsumer):
             out.append(relay.render_once(("agent-feed", name), lambda: _fragment(
                 "fragments/agent_feed.html", feed=agent_panel(snapshot, name)["feed"])))
         return out
+
+    async def alerts_changed(self, event):
+        """Alerts fired or resolved: the alert lists are read again (from the database)."""
+        if self.panel in ("alerts", "overview"):
+            await self.send(text_data=await database_sync_to_async(self._alerts)())
+
+    def _alerts(self) -> str:
+        from alerts import service
+
+        if self.panel == "overview":
+            return _fragment("fragments/overview_alerts.html", **service.panel(history=0))
+        return _fragment("fragments/alerts_panel.html", **service.panel(), can_act=self.can_act)
 
     def panel_overview(self, snapshot, changed, full):
         if changed.get("event") and not full:

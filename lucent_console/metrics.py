@@ -41,6 +41,19 @@ CONSUMER_GAUGES = [
 ]
 
 
+AGENT_GAUGES = [
+    ("lucent_agent_jobs_in_per_second", "msgs_per_s", "Jobs published to the agent per second"),
+    ("lucent_agent_msgs_out_per_second", "out_per_s", "Messages the agent published per second"),
+    ("lucent_agent_in_flight", "in_flight", "Jobs delivered, awaiting ack"),
+    ("lucent_agent_waiting", "waiting", "Jobs not yet delivered"),
+    ("lucent_agent_failures_1h", "failures", "Dead letters of the agent in the last hour"),
+    ("lucent_agent_redeliveries_1h", "redeliveries", "Redeliveries in the last hour"),
+    ("lucent_agent_processing_p95_ms", "p95_ms", "Job stored -> acked, p95 over 5 minutes"),
+]
+CAPTURE_CONSUMERS = {"capture": "LUCENT_ADVISORIES/deadletter-capture",
+                     "index": "DEAD_LETTERS/deadletter-index"}
+
+
 def _label(value: str) -> str:
     return str(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
@@ -80,7 +93,75 @@ def render(snapshot: dict | None, status: dict) -> str:
             if value is not None:
                 lines.append(f'{name}{{stream_name="{_label(c["stream"])}",'
                              f'consumer_name="{_label(c["name"])}"}} {value}')
+    lines += _agents_and_services(snapshot) + _console(snapshot, status)
     return "\n".join(lines) + "\n"
+
+
+def _agents_and_services(snapshot: dict) -> list[str]:
+    lines = []
+    agents = (snapshot.get("agents") or {}).values()
+    for name, key, help_ in AGENT_GAUGES:
+        lines += [f"# HELP {name} {help_}", f"# TYPE {name} gauge"]
+        lines += [f'{name}{{agent="{_label(a["name"])}"}} {_num(a.get(key))}'
+                  for a in agents if a.get(key) is not None]
+    lines += ["# HELP lucent_agent_status 1 for the agent's status (working, failing, stuck, idle)",
+              "# TYPE lucent_agent_status gauge"]
+    lines += [f'lucent_agent_status{{agent="{_label(a["name"])}",status="{a["status"]}"}} 1'
+              for a in agents]
+    lines += ["# HELP lucent_service_instance_up 1 up, 0 stale or down (label status says which)",
+              "# TYPE lucent_service_instance_up gauge"]
+    for r in (snapshot.get("services") or {}).values():
+        lines.append(f'lucent_service_instance_up{{service="{_label(r["service"])}",'
+                     f'instance="{_label(r["instance"])}",status="{r["status"]}"}} '
+                     f'{1 if r["status"] == "up" else 0}')
+    return lines
+
+
+def _console(snapshot: dict, status: dict) -> list[str]:
+    from lucent_console.consumers import LiveConsumer
+
+    lines = ["# HELP lucent_websocket_clients Live websockets open on this web process",
+             "# TYPE lucent_websocket_clients gauge", f"lucent_websocket_clients {LiveConsumer.open}",
+             "# HELP lucent_deadletter_capture_lag Advisories or dead letters not yet captured/indexed",
+             "# TYPE lucent_deadletter_capture_lag gauge"]
+    for step, key in CAPTURE_CONSUMERS.items():
+        c = snapshot.get("consumers", {}).get(key)
+        if c is not None:
+            lines.append(f'lucent_deadletter_capture_lag{{step="{step}"}} '
+                         f'{c["num_pending"] + c["num_ack_pending"]}')
+    if snapshot.get("deadletters_1h") is not None:
+        lines += ["# HELP lucent_deadletters_last_hour Dead letters that arrived in the last hour",
+                  "# TYPE lucent_deadletters_last_hour gauge",
+                  f"lucent_deadletters_last_hour {snapshot['deadletters_1h']}"]
+    return lines
+
+
+def _database() -> list[str]:
+    """Alert states and dead letters by stream/consumer/reason/status (cached 15 s: a
+    scrape every few seconds must not count a million rows each time)."""
+    from django.core.cache import cache
+    from django.db.models import Count
+
+    from alerts.models import Alert
+    from streams.models import DeadLetter
+
+    def read() -> list[str]:
+        lines = ["# HELP lucent_alert_firing 1 for each firing alert",
+                 "# TYPE lucent_alert_firing gauge"]
+        for a in Alert.objects.filter(state=Alert.FIRING).select_related("rule"):
+            lines.append(f'lucent_alert_firing{{rule="{_label(a.rule.name)}",severity="{a.severity}",'
+                         f'subject="{_label(a.subject)}"}} 1')
+        lines += ["# HELP lucent_deadletters Dead letters in the index",
+                  "# TYPE lucent_deadletters gauge"]
+        groups = (DeadLetter.objects.order_by().values("stream", "consumer", "reason", "status")
+                  .annotate(n=Count("id")))
+        for g in groups:
+            lines.append(f'lucent_deadletters{{stream="{_label(g["stream"])}",'
+                         f'consumer="{_label(g["consumer"])}",reason="{_label(g["reason"])}",'
+                         f'status="{g["status"]}"}} {g["n"]}')
+        return lines
+
+    return cache.get_or_set("metrics-database", read, 15)
 
 
 def _allowed(request) -> bool:
@@ -101,5 +182,5 @@ def metrics(request):
         return HttpResponse("forbidden: set LUCENT_METRICS_TOKEN and send it as a bearer token\n",
                             status=403, content_type="text/plain")
     snapshot = services.current_snapshot()
-    return HttpResponse(render(snapshot, services.live_status()),
-                        content_type="text/plain; version=0.0.4; charset=utf-8")
+    body = render(snapshot, services.live_status()) + "\n".join(_database()) + "\n"
+    return HttpResponse(body, content_type="text/plain; version=0.0.4; charset=utf-8")

@@ -54,6 +54,16 @@ ALLOWED_HOSTS = [
 CSRF_TRUSTED_ORIGINS = [
     o.strip() for o in os.getenv("DJANGO_CSRF_TRUSTED_ORIGINS", "").split(",") if o.strip()
 ]
+# Served over HTTPS (by a proxy: run uvicorn with --forwarded-allow-ips set to it, so
+# that requests it forwarded as https are secure): secure cookies, HSTS, redirects.
+# `manage.py check --deploy` is clean with DJANGO_DEBUG=0, a secret key and this.
+LUCENT_HTTPS = envbool("LUCENT_HTTPS", "0")
+if LUCENT_HTTPS:
+    SECURE_SSL_REDIRECT = True
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^metrics$"]  # probes and scrapers inside
+    SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = envint("LUCENT_HSTS_SECONDS", "31536000")
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = SECURE_HSTS_PRELOAD = True
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -71,6 +81,8 @@ INSTALLED_APPS = [
     "lucent_console",
     "streams",
     "agents",
+    "traces",
+    "alerts",
 ]
 
 MIDDLEWARE = [
@@ -173,6 +185,7 @@ CELERY_BEAT_SCHEDULE = {
     "record-heartbeat": {"task": "lucent_console.tasks.beat_heartbeat", "schedule": 30.0},
     "sample-history": {"task": "streams.tasks.sample_history", "schedule": 10.0},
     "rollup-history": {"task": "streams.tasks.rollup_history", "schedule": 60.0},
+    "prune-traces": {"task": "traces.tasks.prune_traces", "schedule": 3600.0},
 }
 
 REST_FRAMEWORK = {
@@ -187,6 +200,9 @@ SPECTACULAR_SETTINGS = {
     "TITLE": "Lucent Console API",
     "VERSION": "1",
     "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
+    # Schema completeness is not a deployment setting: `manage.py spectacular --validate`
+    # reports it; `check --deploy` stays about the deployment.
+    "ENABLE_DJANGO_DEPLOY_CHECK": False,
 }
 
 LUCENT_METRICS_TOKEN = os.getenv("LUCENT_METRICS_TOKEN", "")
@@ -204,6 +220,23 @@ LOGGING = {
 LUCENT_SWEEP_INTERVAL = float(os.getenv("LUCENT_SWEEP_INTERVAL", "1.0"))
 if LUCENT_SWEEP_INTERVAL <= 0:
     raise ImproperlyConfigured("LUCENT_SWEEP_INTERVAL must be > 0")
+
+# Seconds a collector's leader lease lasts without renewal (lucent_console.leader): a
+# standby takes over this long after the leader dies. The same on every machine.
+LUCENT_LEADER_TTL = float(os.getenv("LUCENT_LEADER_TTL", "5"))
+if not 1 <= LUCENT_LEADER_TTL <= 300:
+    raise ImproperlyConfigured("LUCENT_LEADER_TTL must be between 1 and 300 seconds")
+
+# Days of envelope metadata the correlation trace keeps (traces.indexer.prune).
+LUCENT_TRACE_DAYS = envint("LUCENT_TRACE_DAYS", "7")
+if LUCENT_TRACE_DAYS < 1:
+    raise ImproperlyConfigured(f"LUCENT_TRACE_DAYS={LUCENT_TRACE_DAYS} must be at least 1 (days)")
+
+# First wait before a failed webhook notification is retried (then doubled, up to 60 s).
+try:
+    LUCENT_WEBHOOK_BACKOFF_S = float(os.getenv("LUCENT_WEBHOOK_BACKOFF_S", "2"))
+except ValueError:
+    raise ImproperlyConfigured("LUCENT_WEBHOOK_BACKOFF_S must be a number of seconds") from None
 
 # Run dead-letter jobs in the request instead of Celery (tests; a one-process setup).
 LUCENT_JOBS_INLINE = envbool("LUCENT_JOBS_INLINE", "0")

@@ -9,6 +9,7 @@ from asgiref.sync import sync_to_async
 from django.db import connection
 
 from .bus import jetstream as js
+from .bus import lease
 from .bus.client import web_client
 from .bus.config import BusConfig
 from .models import Heartbeat
@@ -32,12 +33,13 @@ async def bus_status(timeout: float = 2.0) -> dict:
             return out
         await nc.flush(timeout=timeout)
         info = await js.account_info(nc)
+        held = await lease.read(nc, "collector")
     except Exception as exc:
         out["error"] = f"bus unreachable: {type(exc).__name__}: {exc}".rstrip(": ")
         return out
     out.update(ok=True, **js.server_summary(nc), streams=info.get("streams", 0),
                consumers=info.get("consumers", 0), storage=info.get("storage", 0),
-               memory=info.get("memory", 0))
+               memory=info.get("memory", 0), leader=(held or {}).get("holder"))
     return out
 
 
@@ -62,6 +64,7 @@ async def health() -> tuple[bool, dict]:
         problems.append(f"database: {type(exc).__name__}")
     bus = await bus_status()
     body["bus"] = {k: bus.get(k) for k in ("ok", "servers", "version", "cluster_size", "streams")}
+    body["leader"] = {"collector": bus.get("leader")}  # host:pid:tag of the active collector
     if not bus["ok"]:
         problems.append(bus.get("error", "bus unreachable"))
     for name, comp in body.get("components", {}).items():

@@ -4,15 +4,11 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView
 
 from agents import views as agent_views
+from alerts import views as alert_views
 from streams import api as stream_api
 from streams import deadletter_api as dl_api
 
 from . import api, metrics, views
-
-COMING = [
-    # (path, url name, title, issue that fills it)
-    ("alerts/", "alerts:list", "Alerts", 6),
-]
 
 api_v1 = [
     path("streams/", stream_api.stream_list, name="api-streams"),
@@ -31,6 +27,8 @@ api_v1 = [
     path("services/", agent_views.api_services, name="api-services"),
     path("probe/", agent_views.api_probe, name="api-probe"),
     path("audit/", api.audit_list, name="api-audit"),
+    path("alerts/", alert_views.api_alerts, name="api-alerts"),
+    path("alerts/<str:pk>/<str:action>/", alert_views.api_alert_action, name="api-alert-action"),
     path("trace/", include("traces.api_urls")),
 ]
 
@@ -44,6 +42,8 @@ urlpatterns = [
     path("streams/", include("streams.urls")),
     path("deadletters/", include("streams.deadletter_urls")),
     path("audit/", views.audit, name="audit-list"),
+    path("alerts/", alert_views.alert_list, name="alerts-list"),
+    path("alerts/<str:pk>/<str:action>/", alert_views.alert_action, name="alert-action"),
     path("trace/", include("traces.urls")),
     path("services/", agent_views.service_list, name="services-list"),
     path("services/probe/", agent_views.probe_form, name="probe"),
@@ -52,8 +52,4 @@ urlpatterns = [
     path("agents/<path:name>/", agent_views.agent_detail, name="agent-detail"),
     path("api/v1/", include(api_v1)),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
-] + [
-    path(p, views.coming, {"page": name.split(":")[0], "title": title, "issue": issue},
-         name=name.replace(":", "-"))
-    for p, name, title, issue in COMING
 ]

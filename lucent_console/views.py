@@ -1,4 +1,5 @@
 from django.contrib.auth.decorators import login_not_required
+from django.core.cache import cache
 from django.core.paginator import Paginator
 from django.http import JsonResponse
 from django.shortcuts import render
@@ -21,8 +22,12 @@ async def healthz(request):
 def overview(request):
     snapshot = stream_services.current_snapshot()
     request.live_panel = {"panel": "overview"}
+    from alerts import service as alerts
+    from streams import history
+
     return render(request, "overview.html", {
-        "ov": stream_services.overview(snapshot),
+        "ov": stream_services.overview(snapshot), **alerts.panel(history=0),
+        "trends": cache.get_or_set("overview-trends", history.trends, 60),
         "findings": stream_services.lint_findings(snapshot), "page": "overview"})
 
 
@@ -30,8 +35,3 @@ def overview(request):
 def audit(request):
     page = Paginator(AuditRecord.objects.select_related("user"), 50).get_page(request.GET.get("page"))
     return render(request, "audit.html", {"records": page, "page": "audit"})
-
-
-@require_GET
-def coming(request, page: str, title: str, issue: int):
-    return render(request, "coming.html", {"page": page, "title": title, "issue": issue})

@@ -38,8 +38,36 @@ def sample(snapshot: dict | None) -> bool:
                     pending=c["num_pending"], ack_pending=c["num_ack_pending"],
                     redelivered=c["num_redelivered"])
              for key, c in snapshot["consumers"].items()]
+    from .services import totals
+
+    figures = totals(snapshot)
+    rows += [Sample(kind=Sample.TOTAL, key=key, resolution=RAW, at=at, rate=figures[key])
+             for key in TREND_KEYS if figures.get(key) is not None]
     Sample.objects.bulk_create(rows, batch_size=1000)
     return bool(rows)
+
+
+# The bus-wide figures the overview shows with a 24 h sparkline.
+TREND_KEYS = ("in_per_s", "pending", "deadletters_1h", "agents_working", "agents_failing",
+              "services_up", "services_down")
+
+
+def trends(points: int = 96, now: datetime | None = None) -> dict[str, list[float]]:
+    """The last 24 h of each bus-wide figure, averaged into ``points`` buckets."""
+    now = now or timezone.now()
+    span = timedelta(hours=24)
+    step = span / points
+    out = {key: [0.0] * points for key in TREND_KEYS}
+    seen = {key: [0] * points for key in TREND_KEYS}
+    rows = (Sample.objects.filter(kind=Sample.TOTAL, resolution__in=(RAW, MINUTE), at__gte=now - span)
+            .values_list("key", "at", "rate"))
+    for key, at, value in rows:
+        if key in out and value is not None:
+            i = min(points - 1, int((at - (now - span)) / step))
+            out[key][i] += value
+            seen[key][i] += 1
+    return {key: [v / n if n else 0.0 for v, n in zip(out[key], seen[key], strict=True)]
+            for key in TREND_KEYS}
 
 
 def _rollup(source: int, target: int, trunc, now: datetime) -> int:

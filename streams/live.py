@@ -58,6 +58,7 @@ class Relay:
             await live.subscribe_deltas(nc, self.on_delta)
             await nc.subscribe("lucent.console.live.deadletters", cb=self.on_deadletters)
             await nc.subscribe("lucent.console.live.services", cb=self.on_service_event)
+            await nc.subscribe("lucent.console.live.alerts", cb=self.on_alerts)
             self._loop = loop
             await self.refresh()
             loop.create_task(self._watch(loop))
@@ -113,6 +114,11 @@ class Relay:
         layer = get_channel_layer()
         if layer is not None:
             await layer.group_send(self.group, {"type": "services.event"})
+
+    async def on_alerts(self, msg) -> None:
+        layer = get_channel_layer()
+        if layer is not None:
+            await layer.group_send(self.group, {"type": "alerts.changed"})
 
     def _set(self, snapshot: dict) -> None:
         previous_seq = (self.snapshot or {}).get("seq")

@@ -8,8 +8,9 @@ class Sample(models.Model):
     (rolled up from the finer ones). Consumers are keyed ``STREAM/consumer``.
     """
 
-    STREAM, CONSUMER = "s", "c"
-    kind = models.CharField(max_length=1, choices=[(STREAM, "stream"), (CONSUMER, "consumer")])
+    STREAM, CONSUMER, TOTAL = "s", "c", "t"
+    kind = models.CharField(max_length=1, choices=[(STREAM, "stream"), (CONSUMER, "consumer"),
+                                                   (TOTAL, "bus-wide figure")])
     key = models.CharField(max_length=300)
     resolution = models.PositiveIntegerField()
     at = models.DateTimeField()

@@ -72,6 +72,27 @@ def consumers_of(snapshot: dict | None, stream: str) -> list[dict]:
     return sorted((c for c in consumers.values() if c["stream"] == stream), key=lambda c: c["name"])
 
 
+def totals(snapshot: dict | None) -> dict:
+    """The bus-wide figures (overview cards, 24 h trends)."""
+    s = snapshot or {}
+    streams = list((s.get("streams") or {}).values())
+    consumers = list((s.get("consumers") or {}).values())
+    agents = list((s.get("agents") or {}).values())
+    instances = list((s.get("services") or {}).values())
+    return {
+        "streams": len(streams), "consumers": len(consumers),
+        "messages": sum(x.get("messages", 0) for x in streams),
+        "bytes": sum(x.get("bytes", 0) for x in streams),
+        "in_per_s": round(sum(x.get("msgs_in_per_s") or 0 for x in streams), 2),
+        "pending": sum(c.get("num_pending", 0) for c in consumers),
+        "ack_pending": sum(c.get("num_ack_pending", 0) for c in consumers),
+        "deadletters_1h": s.get("deadletters_1h"),
+        **{f"agents_{k}": sum(a["status"] == k for a in agents)
+           for k in ("working", "failing", "stuck", "idle")},
+        **{f"services_{k}": sum(r["status"] == k for r in instances) for k in ("up", "stale", "down")},
+    }
+
+
 def overview(snapshot: dict | None) -> dict:
     """Totals and what needs attention."""
     s = snapshot or {"streams": {}, "consumers": {}}
@@ -79,14 +100,7 @@ def overview(snapshot: dict | None) -> dict:
     pending = sorted((c for c in consumers if c["num_pending"] > 0),
                      key=lambda c: -c["num_pending"])[:10]
     return {
-        "totals": {
-            "streams": len(streams), "consumers": len(consumers),
-            "messages": sum(x["messages"] for x in streams),
-            "bytes": sum(x["bytes"] for x in streams),
-            "in_per_s": round(sum(x["msgs_in_per_s"] or 0 for x in streams), 2),
-            "pending": sum(c["num_pending"] for c in consumers),
-            "ack_pending": sum(c["num_ack_pending"] for c in consumers),
-        },
+        "totals": totals(snapshot),
         "largest_pending": pending,
         "stalled": [c for c in consumers if c["stalled"]][:20],
         "floor_stuck": [c for c in consumers if c["floor_stuck"]][:20],

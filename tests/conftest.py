@@ -105,6 +105,12 @@ class CollectorThread:
             await self.collector.sweep_once()
         pushing.cancel()
         await nc.close()
+        # sync_to_async's one worker thread kept a database connection (alert rows, the
+        # index): close it, or PostgreSQL cannot drop the test database.
+        from asgiref.sync import sync_to_async
+        from django.db import connections
+
+        await sync_to_async(connections.close_all)()
 
     @property
     def snapshot(self) -> dict:

@@ -60,6 +60,7 @@ class Console:
     def __init__(self, tmp: Path, nats_url: str | None = None, demo: bool = True) -> None:
         self.port = embedded.free_port()
         self.nats_port = embedded.free_port()
+        self.var_dir = tmp / "var"
         env = {k: v for k, v in os.environ.items()
                if k not in ("NATS_URL", "DATABASE_URL", "REDIS_URL")}
         env.update(LUCENT_VAR_DIR=str(tmp / "var"), LUCENT_ADMIN_PASSWORD=PASSWORD,
@@ -111,6 +112,41 @@ class Console:
             self.proc.wait()
 
 
+def procfile() -> dict[str, str]:
+    """The production process types, ``name: command``, from the Procfile."""
+    lines = (ROOT / "Procfile").read_text().splitlines()
+    return dict(line.split(": ", 1) for line in lines if line and not line.startswith("#"))
+
+
+class Process:
+    """One process as production runs it (a Procfile command run by bash, in its own
+    session), output kept."""
+
+    def __init__(self, name: str, command: str, env: dict[str, str]) -> None:
+        self.name, self.lines = name, []
+        env = {**env, "PATH": f"{Path(sys.executable).parent}:{env.get('PATH', '')}",
+               "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(["bash", "-c", f"exec {command}"], cwd=ROOT, env=env,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        threading.Thread(target=self._read, daemon=True).start()
+
+    _read = Console._read
+    wait_for = Console.wait_for
+
+    def signal(self, sig: int = signal.SIGKILL) -> None:
+        try:
+            os.killpg(self.proc.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def stop(self) -> None:
+        self.signal(signal.SIGTERM)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.signal(signal.SIGKILL)
+            self.proc.wait()
 
 
 def chromium_or_skip():
@@ -156,3 +192,43 @@ class WebsocketClient:
     async def disconnect(self, code: int = 1000, timeout: float = 1) -> None:
         await self.comm.send_input({"type": "websocket.disconnect", "code": code})
         await self.comm.wait(timeout)
+
+
+class WebhookReceiver:
+    """An HTTP server that records the JSON bodies POSTed to it, with the time each
+    arrived, answering 500 to the first ``fail`` requests (a receiver that is down)."""
+
+    def __init__(self, fail: int = 0) -> None:
+        import json
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.fail, self.calls, self.received = fail, 0, []  # (monotonic time, body)
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                receiver.calls += 1
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                if receiver.calls <= receiver.fail:
+                    self.send_response(500)
+                else:
+                    receiver.received.append((time.monotonic(), json.loads(body)))
+                    self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+
+    @property
+    def bodies(self) -> list[dict]:
+        return [body for _, body in self.received]
+
+    def shutdown(self) -> None:
+        self.server.shutdown()

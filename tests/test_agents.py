@@ -117,6 +117,9 @@ def test_agent_figures_match_what_was_published_and_acked(client, users, collect
     assert risk["subject"] == "lucent.agents.risk.>" and risk["in_flight"] == 2
     assert risk["failures"] == 1 and risk["waiting"] == 0 and risk["redeliveries"] == 1
     assert risk["msgs_per_s"] > 0 and risk["mean_ms"] is not None
+    metrics = client.get("/metrics").content.decode()
+    assert 'lucent_agent_in_flight{agent="risk"} 2' in metrics
+    assert 'lucent_agent_failures_1h{agent="risk"} 1' in metrics
     page = client.get("/agents/risk/").content.decode()
     assert "chart-failures" in page and "risk-assessment" in page
     assert client.get("/agents/nope/").status_code == 404

@@ -25,14 +25,18 @@ def test_it_samples_rolls_up_and_prunes():
     base = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
     for i in range(12):  # two minutes of 10 s samples
         assert history.sample(_snapshot(base + timedelta(seconds=10 * i), 100 + i, float(i)))
-    assert Sample.objects.filter(resolution=history.RAW).count() == 24
+    assert Sample.objects.filter(resolution=history.RAW, kind__in="sc").count() == 24
+    totals = Sample.objects.filter(resolution=history.RAW, kind="t")
+    assert totals.filter(key="in_per_s").count() == 12 and totals.filter(key="pending").count() == 12
+    trend = history.trends(points=4, now=base + timedelta(minutes=2))
+    assert trend["in_per_s"] == [0.0, 0.0, 0.0, 5.5] and trend["pending"][-1] == 5.0
     assert history.rollup(now=base + timedelta(minutes=2, seconds=5))
     minutes = Sample.objects.filter(kind="s", resolution=history.MINUTE).order_by("at")
     assert [(m.at.minute, m.rate, m.messages) for m in minutes] == [(0, 2.5, 105), (1, 8.5, 111)]
     assert not history.rollup(now=base + timedelta(minutes=2, seconds=5))  # done once only
     assert history.prune(now=base + timedelta(hours=3))
     assert not Sample.objects.filter(resolution=history.RAW).exists()
-    assert Sample.objects.filter(resolution=history.MINUTE).count() == 4
+    assert Sample.objects.filter(resolution=history.MINUTE, kind__in="sc").count() == 4
 
 
 def test_it_keeps_nothing_from_a_failed_sweep():

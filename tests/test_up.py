@@ -27,7 +27,7 @@ def test_up_serves_the_console_on_its_own_bus(console):
     assert status == 200, body
     health = json.loads(body)
     assert health["bus"]["servers"] == [f"nats://127.0.0.1:{console.nats_port}"]
-    assert health["bus"]["streams"] == 6
+    assert health["bus"]["streams"] == 7  # the ADR's 4, the console's 2, the leader lease
     names = [cmdline(p) for p in descendants(console.proc.pid)]
     assert any("nats-server" in n and f"-p {console.nats_port}" in n for n in names)
     for part in ("uvicorn", "manage.py collector", "celery -A lucent_console --quiet worker",

@@ -101,9 +101,3 @@ def test_the_overview_says_when_the_bus_is_away(viewer_client, monkeypatch):
     page = viewer_client.get("/")
     assert page.status_code == 200
     assert b"no data from the collector yet" in page.content
-
-
-def test_unfinished_pages_say_which_issue_fills_them(viewer_client, nats_server):
-    page = viewer_client.get("/agents/")
-    assert page.status_code == 200
-    assert b"issue #5" in page.content

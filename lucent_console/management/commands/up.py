@@ -13,7 +13,7 @@ from django.contrib.auth.models import Group
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
-from lucent_console.bus import embedded
+from lucent_console.bus import embedded, lease
 from lucent_console.bus.config import BusConfig
 from lucent_console.bus.runner import run_with_bus
 from lucent_console.supervisor import Child, Supervisor
@@ -75,6 +75,8 @@ class Command(BaseCommand):
         while not stop_requested:
             try:
                 changes = run_with_bus("up", topology.apply)
+                # The collectors' leader lease (they would create it themselves, later).
+                run_with_bus("up", lambda nc: lease.ensure_bucket(nc, settings.LUCENT_LEADER_TTL))
                 break
             except Exception as exc:
                 say(f"bus not reachable yet ({type(exc).__name__}: {exc}); retrying in 2s")

@@ -1,0 +1,42 @@
+"""The rules a new console starts with, after the ADR's health checks. Edit them in
+the admin (thresholds, durations, targets, severity) or add narrower ones."""
+
+DEFAULT_RULES = [
+    # name, kind, threshold, for_s, severity, description
+    ("consumer-pending", "consumer_pending", 1000, 60, "warning",
+     "A consumer has more than `threshold` messages pending (the ADR's queue-depth warning) "
+     "for `for_s` seconds."),
+    ("consumer-stalled", "consumer_stalled", None, 0, "critical",
+     "Pending > 0 and nothing delivered or acked for 30 s (then `for_s` more)."),
+    ("ack-pending-near-max", "ack_pending_near_max", 0.9, 30, "warning",
+     "Ack pending at or above `threshold` (a share) of the consumer's max_ack_pending."),
+    ("deadletters-rate", "deadletter_rate", 10, 0, "warning",
+     "Dead letters arriving faster than `threshold` a minute."),
+    ("stream-usage-80", "stream_usage", 80, 0, "warning",
+     "A stream at `threshold`% of its max_msgs or max_bytes."),
+    ("stream-usage-95", "stream_usage", 95, 0, "critical",
+     "A stream at `threshold`% of its max_msgs or max_bytes."),
+    ("interest-without-consumers", "interest_no_consumers", None, 0, "critical",
+     "An interest-retention stream with no consumer drops every message."),
+    ("replica-offline", "replica", None, 5, "critical",
+     "A replica of a stream is offline or lagging, or the stream has no leader."),
+    ("agent-failing", "agent", None, 0, "warning",
+     "An agent is stuck (a consumer stalled) or failing (over 10% of its jobs dead-lettered "
+     "in 5 minutes)."),
+    ("service-stale", "service_stale", None, 0, "warning",
+     "A service instance sent no heartbeat for 2 of its intervals."),
+    ("service-down", "service_down", None, 0, "critical",
+     "A service instance sent no heartbeat for 5 intervals, or said it is down."),
+    ("bus-unreachable", "bus", None, 5, "critical",
+     "The collector cannot sweep the bus."),
+]
+
+
+def install(rule_model) -> int:
+    made = 0
+    for name, kind, threshold, for_s, severity, description in DEFAULT_RULES:
+        _, created = rule_model.objects.get_or_create(name=name, defaults={
+            "kind": kind, "threshold": threshold, "for_s": for_s, "severity": severity,
+            "description": description})
+        made += created
+    return made

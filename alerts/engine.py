@@ -1,0 +1,103 @@
+"""Alerting in the collector: evaluate every snapshot, record transitions, notify.
+
+Rules are read from the database every ``RULES_TTL_S`` (edits in the admin take
+effect within that); firing alerts are read once at start, so a restarted
+collector neither fires twice nor forgets to resolve. Only transitions touch
+the database. Never raises: an alerting failure is logged, the sweep goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from asgiref.sync import sync_to_async
+from django.db import transaction
+from django.utils import timezone
+
+from lucent_console.bus import envelope
+
+from . import notify
+from .models import Alert, Notification, Rule
+from .rules import Evaluator
+
+log = logging.getLogger("lucent.alerts")
+RULES_TTL_S = 10.0
+SUBJECT = "lucent.services.console.alerts"
+LIVE_NOTIFY = "lucent.console.live.alerts"
+
+
+def load() -> tuple[list[Rule], dict[str, int]]:
+    return (list(Rule.objects.all()),
+            dict(Alert.objects.filter(state=Alert.FIRING).values_list("key", "id")))
+
+
+class Alerting:
+    def __init__(self) -> None:
+        self.rules: list[Rule] = []
+        self.evaluator: Evaluator | None = None
+        self.loaded_at = 0.0
+        self.unsent: list[tuple[dict, int]] = []  # bus notifications waiting for the bus
+        self.last_ms = 0.0
+
+    async def evaluate(self, nc, snapshot: dict) -> bool:
+        """Judge one snapshot; True when an alert fired or resolved."""
+        try:
+            if time.monotonic() - self.loaded_at > RULES_TTL_S:
+                self.rules, firing = await sync_to_async(load)()
+                if self.evaluator is None:
+                    self.evaluator = Evaluator(firing)
+                self.loaded_at = time.monotonic()
+            started = time.perf_counter()
+            fire, resolve = self.evaluator.step(snapshot, self.rules)
+            self.last_ms = (time.perf_counter() - started) * 1000
+            if fire or resolve:
+                self.unsent += await sync_to_async(self.record)(fire, resolve)
+            await self.flush(nc, changed=bool(fire or resolve))
+            return bool(fire or resolve)
+        except Exception:
+            log.exception("alerts: evaluation failed")
+            return False
+
+    def record(self, fire, resolve) -> list[tuple[dict, int]]:
+        """Store the transitions and their notifications; the bus ones to publish.
+        All or nothing: if the database fails, the next sweep tries again."""
+        out, firing, resolved = [], {}, []
+        with transaction.atomic():
+            changed = []
+            for c in fire:
+                alert = Alert.objects.create(rule=c.rule, key=c.key, subject=c.subject,
+                                             severity=c.rule.severity, message=c.message,
+                                             value=c.value, link=c.link)
+                firing[c.key] = alert.pk
+                changed.append((alert, "firing"))
+            for key in resolve:
+                alert = Alert.objects.select_related("rule").get(pk=self.evaluator.firing[key])
+                alert.state, alert.resolved_at = Alert.RESOLVED, timezone.now()
+                alert.save(update_fields=["state", "resolved_at"])
+                resolved.append(key)
+                changed.append((alert, "resolved"))
+            for alert, event in changed:
+                for n in notify.record(alert, event):
+                    if n.channel == "bus":
+                        out.append((notify.body(alert, event), n.pk))
+        self.evaluator.firing.update(firing)
+        for key in resolved:
+            del self.evaluator.firing[key]
+        return out
+
+    async def flush(self, nc, changed: bool) -> None:
+        if not nc.is_connected:
+            return
+        sent = []
+        for body, pk in self.unsent:
+            kind = "AlertFiring" if body["state"] == "firing" else "AlertResolved"
+            await nc.publish(SUBJECT, envelope.encode(envelope.make(
+                kind, SUBJECT, body, sender={"serviceId": "console", "instanceId": "collector"})))
+            sent.append(pk)
+        self.unsent = []
+        if sent:
+            await sync_to_async(Notification.objects.filter(pk__in=sent).update)(
+                state=Notification.SENT, attempts=1, sent_at=timezone.now())
+        if changed:
+            await nc.publish(LIVE_NOTIFY, b"")

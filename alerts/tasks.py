@@ -1,0 +1,14 @@
+from celery import shared_task
+
+from . import notify
+
+
+@shared_task(bind=True, max_retries=notify.MAX_ATTEMPTS + 2, acks_late=True)
+def deliver_notification(self, pk: int) -> None:
+    """One attempt; the next after a backoff (also when the database was busy)."""
+    try:
+        done = notify.deliver(pk)
+    except Exception as exc:
+        raise self.retry(exc=exc, countdown=notify.backoff(self.request.retries)) from exc
+    if not done:
+        raise self.retry(countdown=notify.backoff(self.request.retries))

@@ -1,0 +1,75 @@
+"""/alerts/ and its actions; GET /api/v1/alerts/."""
+
+from __future__ import annotations
+
+from django.http import Http404
+from django.shortcuts import render
+from django.views.decorators.http import require_GET, require_POST
+from rest_framework.decorators import api_view
+from rest_framework.response import Response
+
+from lucent_console.actions import ActionError
+from lucent_console.api import Page
+from lucent_console.roles import has_role
+
+from . import service
+from .models import Alert
+
+
+@require_GET
+def alert_list(request):
+    request.live_panel = {"panel": "alerts"}
+    return render(request, "alerts/list.html", {
+        **service.panel(), **service.details(), "page": "alerts",
+        "can_act": has_role(request.user, "operator")})
+
+
+ACTIONS = ("ack", "silence")
+
+
+@require_POST
+def alert_action(request, pk: str, action: str):
+    if action not in ACTIONS:
+        raise Http404(f"No action {action!r} on alerts.")
+    try:
+        if action == "ack":
+            service.acknowledge(request.user, pk)
+        else:
+            service.silence(request.user, pk, request.POST.get("minutes", 60))
+    except ActionError as exc:
+        return render(request, "fragments/action_result.html", {"error": str(exc)}, status=exc.status)
+    return render(request, "fragments/alerts_panel.html", {**service.panel(), "can_act": True})
+
+
+def _row(a: Alert) -> dict:
+    return {"id": a.pk, "rule": a.rule.name, "kind": a.rule.kind, "severity": a.severity,
+            "state": a.state, "subject": a.subject, "message": a.message, "value": a.value,
+            "link": a.link, "started_at": a.started_at.isoformat(),
+            "resolved_at": a.resolved_at.isoformat() if a.resolved_at else None,
+            "acknowledged_by": a.acknowledged_by.get_username() if a.acknowledged_by else None,
+            "silenced_until": a.silenced_until.isoformat() if a.silenced_until else None}
+
+
+@api_view(["GET"])
+def api_alerts(request):
+    qs = Alert.objects.select_related("rule", "acknowledged_by")
+    if request.GET.get("state"):
+        qs = qs.filter(state=request.GET["state"])
+    paginator = Page()
+    return paginator.get_paginated_response([_row(a) for a in paginator.paginate_queryset(qs, request)])
+
+
+@api_view(["POST"])
+def api_alert_action(request, pk: str, action: str):
+    data = request.data if hasattr(request.data, "get") else {}
+    if action not in ACTIONS:
+        return Response({"error": f"no action {action[:40]!r}; use ack or silence"}, status=404)
+    try:
+        if action == "ack":
+            alert = service.acknowledge(request.user, pk)
+        else:
+            service.silence(request.user, pk, data.get("minutes", 60))
+            alert = service._alert(pk)
+    except ActionError as exc:
+        return Response({"error": str(exc)}, status=exc.status)
+    return Response(_row(alert))

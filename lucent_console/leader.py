@@ -1,0 +1,123 @@
+"""Run a piece of work in exactly one process at a time (the collector: sweeps and
+dead-letter capture), whichever machines the candidates run on.
+
+Every candidate runs ``run_while_leader`` with a lease on the bus (``bus.lease``):
+
+1. standby: try to acquire the lease every ``POLL`` seconds (TTL/10, at most 1 s).
+2. leader: start ``work(stop_work)`` and renew the lease every TTL/3.
+3. a renew answers that someone else holds the lease, or no renew has succeeded
+   for TTL - 2 margins (bus away): set ``stop_work``, give the work one margin
+   to return, then cancel it; back to 1. The work has ended before the lease can
+   have aged out on the server, so two never run at once.
+4. the process is stopped (SIGTERM): stop the work, then release the lease so a
+   standby takes over at once rather than after the TTL.
+
+If the process dies (kill -9, machine lost), its lease ages out after the TTL
+and a standby takes over. ``work`` must own everything it subscribes to (e.g. its
+own bus connection, closed when it returns or is cancelled), so that nothing of
+it outlives its term.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from django.conf import settings
+from nats.aio.client import Client
+
+from .bus.lease import Lease, LeaseLost
+
+log = logging.getLogger("lucent.leader")
+
+
+async def _wait(event: asyncio.Event, seconds: float) -> bool:
+    """Wait for ``event`` at most ``seconds``; True when it was set."""
+    try:
+        await asyncio.wait_for(event.wait(), max(0.0, seconds))
+    except TimeoutError:
+        return False
+    return True
+
+
+async def run_while_leader(nc: Client, stop: asyncio.Event, name: str,
+                           work: Callable[[asyncio.Event], Awaitable], *,
+                           ttl: float | None = None, holder: str | None = None) -> None:
+    """Stand by, lead, stand by again... until ``stop``; see the module docstring."""
+    lease = Lease(nc, name, ttl or settings.LUCENT_LEADER_TTL, holder)
+    poll = min(1.0, lease.ttl / 10)
+    shown = None
+    log.info("%s: %s electing (lease %s/%s, TTL %.1fs)", name, lease.holder, lease.bucket,
+             name, lease.ttl)
+    while not stop.is_set():
+        try:
+            won = await lease.acquire()
+        except Exception as exc:
+            won, leader = False, f"unknown ({type(exc).__name__}: {exc})"
+        else:
+            leader = (lease.seen or {}).get("holder")
+        if not won:
+            if leader != shown:
+                shown = leader
+                log.info("%s: standby; the leader is %s", name, leader)
+            await _wait(stop, poll)
+            continue
+        shown = None
+        log.info("%s: %s is the leader", name, lease.holder)
+        crashed = await _lead(lease, stop, name, work)
+        if crashed:
+            await _wait(stop, 2 * poll)  # let a healthier standby take it
+
+
+async def _lead(lease: Lease, stop: asyncio.Event, name: str,
+                work: Callable[[asyncio.Event], Awaitable]) -> bool:
+    """Run ``work`` while the lease holds; True when the work failed by itself."""
+    margin = lease.ttl / 10
+    stop_work = asyncio.Event()
+    task = asyncio.create_task(work(stop_work))
+    stopped = asyncio.create_task(stop.wait())
+    crashed = False
+    try:
+        next_renew = time.monotonic() + lease.ttl / 3
+        while not stop.is_set():
+            deadline = lease.valid_until - 2 * margin
+            wake = min(next_renew, deadline) - time.monotonic()
+            await asyncio.wait({task, stopped}, timeout=max(0.0, wake),
+                               return_when=asyncio.FIRST_COMPLETED)
+            if task.done():
+                crashed = True
+                log.error("%s: the work ended by itself: %r; stepping down", name,
+                          task.exception() if not task.cancelled() else "cancelled")
+                break
+            if stop.is_set():
+                break
+            if time.monotonic() >= next_renew:
+                try:
+                    await asyncio.wait_for(lease.renew(), max(0.1, deadline - time.monotonic()))
+                    next_renew = time.monotonic() + lease.ttl / 3
+                except LeaseLost as exc:
+                    log.warning("%s: lost the lease (%s); stepping down", name, exc)
+                    break
+                except Exception as exc:
+                    log.warning("%s: could not renew the lease: %s", name,
+                                f"{type(exc).__name__}: {exc}".rstrip(": "))
+                    next_renew = time.monotonic() + margin
+            if time.monotonic() >= lease.valid_until - 2 * margin:
+                log.warning("%s: no renewal for %.1fs; stepping down before the lease ages out",
+                            name, lease.ttl - 2 * margin)
+                break
+    finally:
+        stop_work.set()
+        stopped.cancel()
+        done, _ = await asyncio.wait({task}, timeout=margin)
+        if not done:
+            task.cancel()
+            await asyncio.wait({task}, timeout=margin)
+        if stop.is_set() or crashed:
+            await lease.release()
+        else:
+            lease.revision = 0
+        log.info("%s: %s no longer leads", name, lease.holder)
+    return crashed
