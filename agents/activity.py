@@ -87,12 +87,13 @@ def consumer_kinds(consumer: dict) -> set[str]:
 
 
 class Kind:
-    __slots__ = ("jobs_in", "msgs_out", "failures", "redeliveries", "recent_jobs",
+    __slots__ = ("jobs_in", "msgs_out", "acked", "failures", "redeliveries", "recent_jobs",
                  "recent_failures", "timings", "tasks", "last_seen")
 
     def __init__(self) -> None:
         self.jobs_in = Window(1, RATE_S)
         self.msgs_out = Window(1, RATE_S)
+        self.acked = Window(1, RATE_S)
         self.failures = Window(60, FAILURE_WINDOW_S)
         self.redeliveries = Window(60, FAILURE_WINDOW_S)
         self.recent_jobs = Window(10, FAILING_S)
@@ -154,6 +155,7 @@ class AgentActivity:
         ms = max(0.0, (now - ack.published) * 1000)
         if ack.kind == "ack":
             kind.timings.append((now, ms))
+            kind.acked.add(now)
         if ack.delivered > 1 and ack.kind != "progress":
             kind.redeliveries.add(now)
         entry = self.feed.get(ack.stream_seq)
@@ -244,6 +246,7 @@ class AgentActivity:
             "tasks": sorted(kind.tasks)[:20],
             "msgs_per_s": round(msgs_in / RATE_S, 2),
             "out_per_s": round(kind.msgs_out.total(now) / RATE_S, 2),
+            "acked_per_s": round(kind.acked.total(now) / RATE_S, 2),
             "consumers": sorted(c["name"] for c in consumers),
             "instances": sorted(r["instance"] for r in instances),
             "instances_up": sum(r["status"] == "up" for r in instances),

@@ -120,7 +120,7 @@ def agent_panel(snapshot: dict | None, name: str) -> dict:
                  if agent and c["stream"] == STREAM and c["name"] in agent["consumers"]]
     feed = [e for e in agents_panel(snapshot, feed=True)["feed"] if e["kind"] == name]
     return {"agent": agent, "name": name, "consumers": consumers, "feed": feed,
-            "acked_per_s": round(sum(c["acked_per_s"] or 0 for c in consumers), 2)}
+            "acked_per_s": agent["acked_per_s"] if agent else 0.0}
 
 
 @require_GET
@@ -156,9 +156,9 @@ AGENT_CHARTS = [
     {"id": "chart-failures", "title": "Failures (dead letters)", "bar": True, "x": "failures_t",
      "traces": [["failures", "dead letters"]]},
 ]
-API_AGENT_KEYS = ("name", "subject", "status", "msgs_per_s", "out_per_s", "in_flight", "waiting",
-                  "redeliveries", "failures", "mean_ms", "p95_ms", "last_seen", "consumers",
-                  "instances", "workers", "tasks")
+API_AGENT_KEYS = ("name", "subject", "status", "msgs_per_s", "out_per_s", "acked_per_s",
+                  "in_flight", "waiting", "redeliveries", "failures", "mean_ms", "p95_ms",
+                  "last_seen", "consumers", "instances", "workers", "tasks")
 
 
 @api_view(["GET"])

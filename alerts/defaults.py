@@ -20,7 +20,7 @@ DEFAULT_RULES = [
      "An interest-retention stream with no consumer drops every message."),
     ("replica-offline", "replica", None, 5, "critical",
      "A replica of a stream is offline or lagging, or the stream has no leader."),
-    ("agent-failing", "agent", None, 0, "warning",
+    ("agent-failing", "agent", None, 30, "warning",
      "An agent is stuck (a consumer stalled) or failing (over 10% of its jobs dead-lettered "
      "in 5 minutes)."),
     ("service-stale", "service_stale", None, 0, "warning",

@@ -17,7 +17,7 @@ from .models import Rule
 
 CONSUMER_KINDS = {Rule.CONSUMER_PENDING, Rule.CONSUMER_STALLED, Rule.ACK_PENDING_NEAR_MAX}
 STREAM_KINDS = {Rule.STREAM_USAGE, Rule.INTEREST_NO_CONSUMERS, Rule.REPLICA}
-DEAD_LETTERS = "DEAD_LETTERS"
+DEAD_LETTERS = "DEAD_LETTERS"  # the dead-letter rate is about all of them
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,12 +98,11 @@ def conditions(snapshot: dict, rules: list[Rule]) -> dict[str, Condition]:
             found = _stream(rule, s)
             if found is not None and rule.matches(name):
                 add(rule, name, found, _stream_link(name))
-    dl = snapshot.get("streams", {}).get(DEAD_LETTERS)
-    per_min = round((dl or {}).get("msgs_in_per_s") or 0.0, 3) * 60
+    per_min = snapshot.get("deadletters_1m") or 0  # counted by the collector
     for rule in by_kind.get(Rule.DEADLETTER_RATE, []):
         limit = rule.threshold if rule.threshold is not None else 10
         if per_min > limit:
-            add(rule, DEAD_LETTERS, (f"{per_min:,.0f} dead letters a minute (over {limit:,.0f})",
+            add(rule, DEAD_LETTERS, (f"{per_min:,} dead letters in the last minute (over {limit:,.0f})",
                                      per_min), "/deadletters/")
     for name, a in (snapshot.get("agents") or {}).items():
         for rule in by_kind.get(Rule.AGENT, []):

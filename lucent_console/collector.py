@@ -34,6 +34,7 @@ from .models import Heartbeat
 log = logging.getLogger("lucent.collector")
 SERVICES_NOTIFY = "lucent.console.live.services"
 EVENT_COALESCE_S = 0.05
+DL_RATE_WINDOW_S = 60  # "dead letters a minute" (the alert rule) counts this window
 
 
 class Collector:
@@ -60,6 +61,7 @@ class Collector:
 
         self.alerting = Alerting()
         self.deadletters_1h = Window(60, 3600)  # from DEAD_LETTERS' last_seq, sweep to sweep
+        self.deadletters_1m = Window(5, DL_RATE_WINDOW_S)
         self._dl_last_seq: int | None = None
 
     async def sweep_once(self) -> dict:
@@ -83,8 +85,10 @@ class Collector:
         if new.get("ok") and dl is not None:
             if self._dl_last_seq is not None and dl["last_seq"] > self._dl_last_seq:
                 self.deadletters_1h.add(time.time(), dl["last_seq"] - self._dl_last_seq)
+                self.deadletters_1m.add(time.time(), dl["last_seq"] - self._dl_last_seq)
             self._dl_last_seq = dl["last_seq"]
         new["deadletters_1h"] = self.deadletters_1h.total(time.time())
+        new["deadletters_1m"] = self.deadletters_1m.total(time.time())
 
     def _event_tables(self, new: dict) -> None:
         """The tables fed by events rather than sweeps."""

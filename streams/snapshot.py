@@ -260,7 +260,8 @@ def failed(previous: dict | None, error: str, now: float | None = None) -> dict:
 
 # ------------------------------------------------------------------ deltas
 
-HEAD = ("seq", "at", "ok", "error", "server", "sweep_ms", "failed_at", "event", "deadletters_1h")
+HEAD = ("seq", "at", "ok", "error", "server", "sweep_ms", "failed_at", "event", "deadletters_1h",
+        "deadletters_1m")
 # Tables filled by events between sweeps (a delta marked ``event`` changes only these).
 EVENT_TABLES = ("services", "hierarchy", "agents", "agent_feed")
 TABLES = ("streams", "consumers") + EVENT_TABLES

@@ -28,6 +28,7 @@ def rules(db, settings, monkeypatch):
     Rule.objects.filter(name="deadletters-rate").update(threshold=5)
     settings.LUCENT_WEBHOOK_BACKOFF_S = 0.05
     monkeypatch.setattr("streams.snapshot.STALL_AFTER_S", 1.0)
+    monkeypatch.setattr("lucent_console.collector.DL_RATE_WINDOW_S", 5)
     return Rule.objects
 
 
@@ -250,3 +251,31 @@ async def test_a_firing_alert_reaches_the_alerts_page_live(rules, collector):
     finally:
         await comm.disconnect()
         await nc.close()
+
+
+def test_slack_webhooks_get_text_and_a_dead_receiver_is_given_up_on(rules, settings):
+    from alerts import notify
+
+    settings.LUCENT_JOBS_INLINE = False  # deliver() by hand, one attempt at a time
+    receiver = WebhookReceiver()
+    Webhook.objects.create(name="slack", url=receiver.url, kind=Webhook.SLACK,
+                                   min_severity="critical")
+    Webhook.objects.create(name="gone", url="http://127.0.0.1:9/nothing-listens")
+    alert = Alert.objects.create(rule=Rule.objects.get(name="service-down"), key="service-down:x/1",
+                                 subject="x/1", severity="critical", message="no heartbeat <b>")
+    try:
+        made = {n.channel: n for n in notify.record(alert, "firing")}
+        assert set(made) == {"bus", "webhook:slack", "webhook:gone"}
+        assert notify.deliver(made["webhook:slack"].pk) is True
+        assert receiver.bodies == [{"text": ":red_circle: [FIRING] critical service-down: x/1: "
+                                            "no heartbeat <b>"}]
+        for _ in range(notify.MAX_ATTEMPTS):
+            notify.deliver(made["webhook:gone"].pk)
+        failed = Notification.objects.get(pk=made["webhook:gone"].pk)
+        assert failed.state == Notification.FAILED and failed.attempts == notify.MAX_ATTEMPTS
+        assert "Connection refused" in failed.last_error or "URLError" in failed.last_error
+        warning = Alert.objects.create(rule=Rule.objects.get(name="service-stale"), key="s:y",
+                                       subject="y", severity="warning", message="stale")
+        assert {n.channel for n in notify.record(warning, "firing")} == {"bus", "webhook:gone"}
+    finally:
+        receiver.shutdown()
