@@ -1,7 +1,7 @@
 """Bulk replay throughput of the dead-letter service, against raw nats-py publishing.
 
-Run: .venv/bin/python bench/deadletter_replay.py [--n 100000] [--profile-n 10000]
-(about 2-3 minutes with the defaults)
+Run: .venv/bin/python bench/deadletter_replay.py [--n 100000] [--profile-n 10000] [--sketch]
+(about 3-4 minutes with the defaults)
 
 1. N dead letters are produced cheaply: published straight to DEAD_LETTERS
    (``lucent.deadletter.ORDERS.shipper``) with the headers that
@@ -11,16 +11,19 @@ Run: .venv/bin/python bench/deadletter_replay.py [--n 100000] [--profile-n 10000
 2. A bulk replay job over all of them (filter consumer=shipper) through
    ``dlq.start_job`` with LUCENT_JOBS_INLINE=True and an operator user, timed
    from the call to its return (the job is done then); checked: job done=N,
-   failed=0, ORDERS grew by exactly N, every letter marked replayed.
+   failed=0, ORDERS grew by exactly N, every letter marked replayed. Reported
+   with it: the bus work (``dlq._replay_batch``, in the job's helper thread), the
+   recording (``dlq._record_replays``, overlapping it) and the CPU seconds of this
+   process and of nats-server during the job.
 3. Baseline, same process: N messages of the same size (same payload, same
    headers as a replay carries, a unique Nats-Msg-Id each) to the same stream
    with ``js.publish_async`` then ``js.publish_async_completed()``.
 4. cProfile of a job over ``--profile-n`` other dead letters (consumer=profiled):
-   the job's own thread (Django, DB) and the event-loop threads that
-   ``async_to_sync`` starts (the bus work), merged, top entries.
-5. Sketches of the suggestions, in this file only (see ``_lean_job``): the same
-   replay semantics on one connection, pages of 1000, pipelined publishes, read
-   either by one STREAM.MSG.GET per letter or by one filtered consumer.
+   the job's own thread (Django, DB) and the bus loop while each batch's bus
+   work (``dlq._replay_rows``) runs there, merged, top entries; bus calls counted.
+5. With ``--sketch``: the bench-side sketches that led to the job's current
+   shape (``_lean_job``: one connection, pages of 1000, pipelined publishes,
+   read by one STREAM.MSG.GET per letter or by one filtered consumer).
 """
 
 from __future__ import annotations
@@ -201,7 +204,17 @@ def query_plan(filters: dict) -> str:
         return "; ".join(row[-1] for row in cur.fetchall())
 
 
-def replay_job(consumer: str, n: int, url: str) -> tuple[float, dict]:
+def server_cpu(pid: int | None) -> float:
+    """CPU seconds (user + system) used so far by process ``pid`` (the nats-server)."""
+    import os
+
+    if not pid:
+        return 0.0
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def replay_job(consumer: str, n: int, url: str, server_pid: int | None = None) -> tuple[float, dict]:
     from django.conf import settings
 
     from lucent_console.bus import client as bus_client
@@ -213,15 +226,31 @@ def replay_job(consumer: str, n: int, url: str) -> tuple[float, dict]:
     user = operator()
     before = asyncio.run(_orders_messages(url))
     fds, clients = open_fds(), len(web_client._clients)
-    spent = {"replay_batch": 0.0, "connect": 0.0}
-    orig_batch, orig_connect = dlq._replay_batch, bus_client.connect
+    spent = {"replay_batch": 0.0, "connect": 0.0, "record": 0.0, "sharded": 0.0}
+    orig_batch, orig_connect, orig_record = dlq._replay_batch, bus_client.connect, dlq._record_replays
 
-    def timed_batch(*a, **kw):  # the bus part of a batch, connects included
+    def timed_batch(*a, **kw):  # the bus part of a batch (helper thread), connects included
         t = time.perf_counter()
         try:
             return orig_batch(*a, **kw)
         finally:
             spent["replay_batch"] += time.perf_counter() - t
+
+    orig_sharded = dlq._replay_sharded
+
+    def timed_sharded(*a, **kw):  # a whole batch split with the helper process (wall time)
+        t = time.perf_counter()
+        try:
+            return orig_sharded(*a, **kw)
+        finally:
+            spent["sharded"] += time.perf_counter() - t
+
+    def timed_record(*a, **kw):  # the DB part of a batch (job thread), overlapping the next
+        t = time.perf_counter()
+        try:
+            return orig_record(*a, **kw)
+        finally:
+            spent["record"] += time.perf_counter() - t
 
     async def timed_connect(*a, **kw):
         t = time.perf_counter()
@@ -230,13 +259,18 @@ def replay_job(consumer: str, n: int, url: str) -> tuple[float, dict]:
         finally:
             spent["connect"] += time.perf_counter() - t
 
-    dlq._replay_batch, bus_client.connect = timed_batch, timed_connect
+    dlq._replay_batch, bus_client.connect, dlq._record_replays = timed_batch, timed_connect, timed_record
+    dlq._replay_sharded = timed_sharded
+    cpu0, server0 = time.process_time(), server_cpu(server_pid)
     t0 = time.perf_counter()
     try:
         result = dlq.start_job(user, "replay", {"consumer": consumer})
     finally:
         took = time.perf_counter() - t0
-        dlq._replay_batch, bus_client.connect = orig_batch, orig_connect
+        spent["cpu_python"] = time.process_time() - cpu0
+        spent["cpu_server"] = server_cpu(server_pid) - server0
+        dlq._replay_batch, bus_client.connect, dlq._record_replays = orig_batch, orig_connect, orig_record
+        dlq._replay_sharded = orig_sharded
     job = Job.objects.get(pk=result["job"])
     after = asyncio.run(_orders_messages(url))
     replayed = DeadLetter.objects.filter(consumer=consumer, status=DeadLetter.REPLAYED).count()
@@ -259,67 +293,66 @@ async def _orders_messages(url: str) -> int:
 
 @contextlib.contextmanager
 def profiled_bus_calls(collected: list):
-    """Profile the thread each ``dlq._bus(fn)`` call runs ``fn`` in (an event loop that
-    async_to_sync starts per call, or a shared loop thread): cProfile is enabled there for
-    the duration of each call, so the loop's own work in that time is captured too."""
+    """Profile the bus loop's thread while each batch's bus work (``dlq._replay_rows``)
+    runs there, so the loop's own work in that time (parsing, callbacks) is captured too."""
     from streams import dlq
 
-    original = dlq._bus
+    original = dlq._replay_rows
 
-    def bus(fn, *args, **kwargs):
-        async def profiled(nc, *a, **kw):
-            prof = cProfile.Profile()
-            prof.enable()
-            try:
-                return await fn(nc, *a, **kw)
-            finally:
-                prof.disable()
-                collected.append(prof)
+    async def profiled(*a, **kw):
+        prof = cProfile.Profile()
+        prof.enable()
+        try:
+            return await original(*a, **kw)
+        finally:
+            prof.disable()
+            collected.append(prof)
 
-        return original(profiled, *args, **kwargs)
-
-    dlq._bus = bus
+    dlq._replay_rows = profiled
     try:
         yield
     finally:
-        dlq._bus = original
+        dlq._replay_rows = original
 
 
 def profile_job(url: str, n: int) -> None:
     from lucent_console.bus import jetstream as js
     from streams import dlq
 
-    counts = {"STREAM.MSG.GET": 0, "other API": 0, "publish+PubAck": 0}
-    orig_api, orig_pub = js.api, js.publish
+    counts = {"STREAM.MSG.GET": 0, "DIRECT.GET batches": 0, "other API": 0, "published": 0}
+    orig_api, orig_get, orig_pub = js.api, js.direct_get_batch, js.publish_many
 
     async def api(nc, op, *a, **kw):
         counts["STREAM.MSG.GET" if op.startswith("STREAM.MSG.GET") else "other API"] += 1
         return await orig_api(nc, op, *a, **kw)
 
-    async def publish(*a, **kw):
-        counts["publish+PubAck"] += 1
-        return await orig_pub(*a, **kw)
+    async def direct_get_batch(*a, **kw):
+        counts["DIRECT.GET batches"] += 1
+        return await orig_get(*a, **kw)
 
-    js.api, js.publish = api, publish
+    async def publish_many(nc, messages, **kw):
+        counts["published"] += len(messages)
+        return await orig_pub(nc, messages, **kw)
+
+    js.api, js.direct_get_batch, js.publish_many = api, direct_get_batch, publish_many
     loops: list = []
     main = cProfile.Profile()
     try:
         with profiled_bus_calls(loops):
             main.enable()
             t0 = time.perf_counter()
-            took_plain = None
             result = dlq.start_job(operator(), "replay", {"consumer": "profiled"})
             took_plain = time.perf_counter() - t0
             main.disable()
     finally:
-        js.api, js.publish = orig_api, orig_pub
+        js.api, js.direct_get_batch, js.publish_many = orig_api, orig_get, orig_pub
     print(f"\nprofile: job over {n:,} dead letters (consumer=profiled) under cProfile: "
           f"{took_plain:.1f}s ({n / took_plain:,.0f} msgs/s with profiler overhead), job {result}")
-    print(f"  bus calls made: {counts} (BATCH={dlq.BATCH}, IN_FLIGHT={dlq.IN_FLIGHT}); "
-          f"dlq._bus calls (one per batch): {len(loops)}")
-    for title, profs, key in (("job thread (sync: Django, DB, waiting on the loop)", [main], "tottime"),
-                              ("event-loop thread(s) during dlq._bus calls (async: bus I/O)", loops,
-                               "tottime"),
+    print(f"  bus calls made: {counts} (BATCH={dlq.BATCH}, PUB_IN_FLIGHT={dlq.PUB_IN_FLIGHT}); "
+          f"batches profiled on the bus loop: {len(loops)}")
+    for title, profs, key in (("job thread (sync: Django, DB, waiting for the batch in flight)",
+                               [main], "tottime"),
+                              ("bus loop thread during each batch's bus work", loops, "tottime"),
                               ("both, cumulative", [main] + loops, "cumulative")):
         out = io.StringIO()
         st = pstats.Stats(profs[0], stream=out)
@@ -492,17 +525,24 @@ def main(n: int, profile_n: int, server, no_sketch: bool = False) -> None:
     print(f"baseline (raw js.publish_async, {n:,} msgs, before the job): {base_before:,.0f} msgs/s",
           flush=True)
     connects = counter.n
-    took, check = replay_job("shipper", n, url)
+    took, check = replay_job("shipper", n, url, server.proc.pid if server.proc else None)
     connects = counter.n - connects
     sp = check.pop("spent")
     rate = n / took
     print(f"replay job (dlq.start_job inline, {n:,} dead letters): {took:.1f}s = {rate:,.0f} msgs/s; "
           f"{'OK' if check['ok'] else 'MISMATCH'} {check}", flush=True)
-    print(f"  split: _replay_batch (bus work: connecting if it does + MSG.GET + publish/PubAck, "
-          f"{dlq_batches(n)} batches) {sp['replay_batch']:.1f}s ({sp['replay_batch'] / took:.0%}), "
-          f"of which connecting {sp['connect']:.1f}s; the rest (Django/DB per batch: select, "
-          f"Replay bulk_create, status update, job checkpoint) {took - sp['replay_batch']:.1f}s "
-          f"({1 - sp['replay_batch'] / took:.0%})")
+    if sp["sharded"]:
+        print(f"  bus work shared with the helper process (dlq.Shard): "
+              f"whole batches {sp['sharded']:.1f}s wall ({sp['sharded'] / took:.0%} of the job); "
+              f"the line below counts only this process's share of each batch")
+    print(f"  split: bus work (_replay_batch in the helper thread: read stored copies, publish "
+          f"pipelined, PubAcks; {dlq_batches(n)} batches) {sp['replay_batch']:.1f}s "
+          f"({sp['replay_batch'] / took:.0%} of the job), of which connecting {sp['connect']:.1f}s; "
+          f"recording (_record_replays in the job thread, overlapping the next batch's bus work) "
+          f"{sp['record']:.1f}s ({sp['record'] / took:.0%})")
+    print(f"  CPU during the job: this process (job thread, helper thread, bus loop) "
+          f"{sp['cpu_python']:.1f}s = {sp['cpu_python'] / took:.0%} of one core; nats-server "
+          f"{sp['cpu_server']:.1f}s = {sp['cpu_server'] / took:.0%} of one core (2 cores in all)")
     print(f"  bus connections opened by the web client during the job: {connects} "
           f"(file descriptors still open afterwards: +{check['fds_added']}, "
           f"web_client._clients +{check['web_clients_added']})")
@@ -531,9 +571,10 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=100_000)
     ap.add_argument("--profile-n", type=int, default=10_000, help="0: no profile run")
-    ap.add_argument("--no-sketch", action="store_true", help="skip the sketches of the suggestions")
+    ap.add_argument("--sketch", action="store_true",
+                    help="also run the bench-side sketches (now implemented in dlq: off by default)")
     args = ap.parse_args()
     header(f"dead-letter bulk replay: {args.n:,} dead letters, against raw publish_async")
     code_note("streams/dlq.py", "streams/capture.py", "lucent_console/bus/client.py")
     with environment("dlreplay") as (_tmp, server):
-        main(args.n, args.profile_n, server, args.no_sketch)
+        main(args.n, args.profile_n, server, not args.sketch)

@@ -39,26 +39,22 @@ DL_RATE_WINDOW_S = 60  # "dead letters a minute" (the alert rule) counts this wi
 
 class Collector:
     def __init__(self, nc: Client, interval: float | None = None) -> None:
+        from agents.activity import AgentActivity, Window
+        from agents.hierarchy import Hierarchy
+        from agents.registry import ServiceRegistry
+        from alerts.engine import Alerting
+
         self.nc = nc
         self.interval = interval or settings.LUCENT_SWEEP_INTERVAL
         self.tracker = snap.Tracker()
-        from agents.registry import ServiceRegistry
-
         self.services = ServiceRegistry()
-        from agents.hierarchy import Hierarchy
-
         self.hierarchy = Hierarchy()
-        from agents.activity import AgentActivity
-
         self.agents = AgentActivity()
         self.snapshot: dict | None = None
         self.last_delta_bytes = 0
         self._lock = asyncio.Lock()  # one delta at a time, in order
         self._poked = asyncio.Event()
         self._watching_agents = False
-        from agents.activity import Window
-        from alerts.engine import Alerting
-
         self.alerting = Alerting()
         self.deadletters_1h = Window(60, 3600)  # from DEAD_LETTERS' last_seq, sweep to sweep
         self.deadletters_1m = Window(5, DL_RATE_WINDOW_S)

@@ -8,7 +8,10 @@ drops within its duplicate window (a PubAck with ``duplicate: true``).
 Bulk replays and purges are ``Job`` rows run by Celery (``run_job``), in batches,
 with a checkpoint (``last_id``) after each: a job stopped halfway (worker or
 bus gone) resumes from its checkpoint, and the replayed batch that was in
-flight is deduplicated by its ids.
+flight is deduplicated by its ids. A bulk replay reads DEAD_LETTERS a batch at
+a time (batched DIRECT.GET on nats-server 2.11+, one STREAM.MSG.GET per letter
+before), publishes the batch pipelined, and records a batch while the next is
+on the bus (``_run_replay``).
 """
 
 from __future__ import annotations
@@ -37,7 +40,13 @@ from .models import DeadLetter, Job, Replay
 FILTERS = ("stream", "consumer", "subject", "message_type", "correlation_id", "reason", "status",
            "since", "until", "q")
 BATCH = 1000
-IN_FLIGHT = 256
+IN_FLIGHT = 256  # STREAM.MSG.GET requests at once (one per letter, older servers)
+PUB_IN_FLIGHT = 1000  # replays published and not yet acked
+GAP = 64  # batched reads read through gaps this wide rather than split
+# Unthrottled replays of at least SHARD_MIN letters also publish half of each batch from a
+# helper process: one Python process is bound by its own CPU (parsing and publishing).
+SHARDS = 2
+SHARD_MIN = 20 * BATCH
 BUS_RETRY_S = 120
 
 
@@ -333,6 +342,8 @@ def run_job(job_id: int) -> bool:
     Job.objects.filter(pk=job.pk).update(state=Job.RUNNING)
     params = job.params
     limiter = RateLimit(params.get("rate"))
+    if job.kind == "replay":
+        return _run_replay(job, params, limiter)
     while True:
         job.refresh_from_db()
         if job.cancel_requested:
@@ -345,47 +356,313 @@ def run_job(job_id: int) -> bool:
                      .only("id", "dl_seq", "stream", "stream_seq")[:BATCH])
         if not batch:
             return _finish(job, Job.DONE)
-        if job.kind == "purge":
-            _purge_letters(batch)
-            done, failed, replays = len(batch), 0, []
-        else:
-            done, failed, replays = _replay_batch(job, batch, params, limiter)
-        Replay.objects.bulk_create(replays)
-        DeadLetter.objects.filter(pk__in=[r.dead_letter_id for r in replays]).update(
-            status=DeadLetter.REPLAYED)
-        Job.objects.filter(pk=job.pk).update(done=job.done + done, failed=job.failed + failed,
-                                             last_id=batch[-1].pk)
+        _purge_letters(batch)
+        Job.objects.filter(pk=job.pk).update(done=job.done + len(batch), last_id=batch[-1].pk)
 
 
-def _replay_batch(job: Job, batch: list[DeadLetter], params: dict, limiter: RateLimit):
-    """Replay a batch; while the bus is away, wait and retry the whole batch (the ids
-    make the retry of what already went through a no-op)."""
+def _next_letters(filters: dict, after: int) -> list[tuple]:
+    """The next batch of a replay job: (pk, dl_seq, stream, stream_seq) rows."""
+    return list(filtered(filters).filter(pk__gt=after).order_by("pk")
+                .values_list("pk", "dl_seq", "stream", "stream_seq")[:BATCH])
+
+
+def _run_replay(job: Job, params: dict, limiter: RateLimit) -> bool:
+    """A bulk replay, the bus work of one batch overlapping the database work of the
+    one before.
+
+    Steps per batch: in a helper thread, read the stored copies of BATCH letters
+    and publish them pipelined, waiting for every PubAck (``_replay_batch``; for
+    a large unthrottled job, two thirds of the batch go to a ``Shard`` process at
+    the same time); meanwhile this thread selects the batch after it and records
+    the batch before it (Replay rows, status=replayed, progress and the
+    checkpoint ``last_id``, in one transaction). At most one batch is published and not yet
+    recorded. If the job stops halfway (worker killed, bus gone for longer than
+    BUS_RETRY_S), the checkpoint is the last recorded batch: the batch after it
+    is published again on resume with the same ``Nats-Msg-Id``s, which the
+    target stream drops as duplicates, and then recorded. Cancelling stops
+    before the next batch is started; the batch in flight is still recorded.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from django.db import transaction
+
+    if job.cancel_requested:
+        return _finish(job, Job.CANCELLED)
+    username = job.created_by.username if job.created_by_id else ""
+    filters = params["filters"]
+    done, failed = job.done, job.failed
+    shard = (Shard.start() if SHARDS > 1 and not limiter.interval
+             and job.total - job.done - job.failed >= SHARD_MIN else None)
+    with ThreadPoolExecutor(2, thread_name_prefix="lucent-replay") as pool:
+        def submit(rows):
+            if shard is None or not shard.alive:
+                return pool.submit(_replay_batch, job, rows, params, limiter)
+            return pool.submit(_replay_sharded, pool, shard, job, rows, params, limiter)
+
+        try:
+            batch = _next_letters(filters, job.last_id)
+            flight = submit(batch) if batch else None
+            while flight is not None:
+                following = _next_letters(filters, batch[-1][0])  # while batch is on the bus
+                results = flight.result()  # raises when the bus stayed away: the job fails
+                cancelled = Job.objects.filter(pk=job.pk, cancel_requested=True).exists()
+                flight = submit(following) if following and not cancelled else None
+                with transaction.atomic():  # the rows and the checkpoint, or neither
+                    ok = _record_replays(job, results, username)
+                    done, failed = done + ok, failed + len(results) - ok
+                    Job.objects.filter(pk=job.pk).update(done=done, failed=failed,
+                                                         last_id=batch[-1][0])
+                if cancelled and following:
+                    return _finish(job, Job.CANCELLED)
+                batch = following
+        finally:
+            if shard is not None:
+                shard.stop()
+    return _finish(job, Job.DONE)
+
+
+class Shard:
+    """A helper process that replays the rows it is sent (``_replay_rows`` on a bus
+    connection of its own) and sends back the results; no database access.
+
+    Speaks pickled messages over its stdin/stdout. If it dies or fails, the
+    caller replays those rows itself: the same ids make the repeat harmless.
+    """
+
+    # Replies go to a copy of stdout; stdout itself then points at stderr, so nothing
+    # printed on the way (Django, logging) can corrupt them.
+    CODE = ("import os, sys; out = os.fdopen(os.dup(1), 'wb'); os.dup2(2, 1); "
+            "import django; django.setup(); from streams import dlq; dlq.Shard.serve(out)")
+
+    def __init__(self, proc) -> None:
+        self.proc = proc
+        self.alive = True
+
+    @classmethod
+    def start(cls) -> Shard | None:
+        import subprocess
+        import sys
+
+        from django.conf import settings
+
+        try:
+            proc = subprocess.Popen([sys.executable, "-c", cls.CODE], cwd=settings.BASE_DIR,
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        except OSError:
+            return None
+        return cls(proc)
+
+    def replay(self, rows: list[tuple], subject: str | None, remove_original: bool) -> list:
+        import pickle
+
+        try:
+            pickle.dump((rows, subject, remove_original), self.proc.stdin)
+            self.proc.stdin.flush()
+            kind, value = pickle.load(self.proc.stdout)
+        except (OSError, EOFError, pickle.UnpicklingError) as exc:
+            self.alive = False
+            raise js.JetStreamError(f"replay helper process gone: {exc}") from None
+        if kind != "ok":
+            raise js.JetStreamError(f"replay helper process: {value}")
+        return value
+
+    def stop(self) -> None:
+        import subprocess
+
+        try:
+            self.proc.stdin.close()
+            self.proc.wait(10)
+        except (OSError, subprocess.TimeoutExpired):
+            self.proc.kill()
+            self.proc.wait()
+
+    @staticmethod
+    def serve(out) -> None:
+        """The helper process: replay what arrives on stdin until it closes."""
+        import pickle
+        import sys
+
+        from lucent_console.bus.client import connect
+
+        loop = asyncio.new_event_loop()
+        nc = loop.run_until_complete(connect("replay-shard", retry_initial=False))
+        limiter = RateLimit(None)
+        while True:
+            try:
+                rows, subject, remove_original = pickle.load(sys.stdin.buffer)
+            except EOFError:
+                break
+            try:
+                reply = ("ok", loop.run_until_complete(
+                    _replay_rows(nc, rows, subject, remove_original, limiter)))
+            except Exception as exc:  # the parent retries these rows itself
+                reply = ("error", f"{type(exc).__name__}: {exc}")
+            pickle.dump(reply, out)
+            out.flush()
+        loop.run_until_complete(nc.close())
+
+
+def _replay_sharded(pool, shard: Shard, job: Job, batch: list[tuple], params: dict,
+                    limiter: RateLimit) -> list:
+    """A third of a batch in this process (which also does the database work), the
+    rest in the shard, at the same time; results in batch order. Rows the shard
+    could not do are done here (same ids)."""
+    cut = len(batch) // 3
+    mine = pool.submit(_replay_batch, job, batch[:cut], params, limiter)
+    try:
+        theirs = shard.replay(batch[cut:], params.get("subject"),
+                              params.get("remove_original", False))
+    except js.JetStreamError:
+        theirs = _replay_batch(job, batch[cut:], params, limiter)
+    return mine.result() + theirs
+
+
+def _record_replays(job: Job, results: list, username: str) -> int:
+    """Replay rows and status=replayed for the letters whose PubAck came; how many.
+    (The caller holds the transaction that also moves the job's checkpoint.)
+
+    Multi-row INSERTs rather than ``bulk_create`` (a model instance per row cost
+    more than the bus work of the batch) or ``executemany`` (one statement per
+    row: each gives up the GIL and waits to get it back from the bus loop, which
+    is busy at the same time).
+    """
+    from django.db import connection
+
+    ok = [(row, result) for row, result in results if not isinstance(result, Exception)]
+    if not ok:
+        return 0
+    quote = connection.ops.quote_name
+    columns = ("dead_letter_id", "job_id", "username", "subject", "msg_id", "stream", "seq",
+               "duplicate", "at")
+    at = Replay._meta.get_field("at").get_db_prep_save(timezone.now(), connection)
+    values = [(row[0], job.pk, username, r["subject"], r["msg_id"], r["stream"], r["seq"],
+               r["duplicate"], at) for row, r in ok]
+    per = max(1, (connection.features.max_query_params or 65535) // len(columns))
+    head = f"INSERT INTO {quote(Replay._meta.db_table)} ({', '.join(map(quote, columns))}) VALUES "
+    one = "(" + ", ".join(["%s"] * len(columns)) + ")"
+    with connection.cursor() as cursor:
+        for start in range(0, len(values), per):
+            chunk = values[start:start + per]
+            cursor.execute(head + ", ".join([one] * len(chunk)),
+                           [value for row in chunk for value in row])
+    DeadLetter.objects.filter(pk__in=[row[0] for row, _ in ok]).update(status=DeadLetter.REPLAYED)
+    return len(ok)
+
+
+def _replay_batch(job: Job, batch: list[tuple], params: dict, limiter: RateLimit) -> list:
+    """Replay a batch of (pk, dl_seq, stream, stream_seq) rows: [(row, result or
+    ActionError)]. While the bus is away, wait and retry the whole batch (the ids
+    make the retry of what already went through a no-op). No database access here:
+    it runs beside the recording of the batch before."""
     async def go(nc):
+        return await _replay_rows(nc, batch, params.get("subject"),
+                                  params.get("remove_original", False), limiter)
+
+    return _retrying(go)
+
+
+async def _batched_reads(nc) -> bool:
+    """Whether DEAD_LETTERS can be read a batch at a time: nats-server 2.11+ and
+    ``allow_direct`` on the stream (``topology apply`` sets it)."""
+    if not js.supports_batch_get(nc):
+        return False
+    info = await js.stream_info(nc, dl.STREAM)
+    return bool(info["config"].get("allow_direct"))
+
+
+async def read_letters(nc, seqs: list[int], batched: bool | None = None) -> dict[int, dict]:
+    """The stored copies of the dead letters at ``seqs`` (DEAD_LETTERS sequences), by
+    sequence; letters no longer stored are absent.
+
+    Batched: one DIRECT.GET per run of near sequences (gaps up to GAP read through).
+    Whatever that did not return (an older server, a lagging replica, a sparse
+    selection) is read by STREAM.MSG.GET, IN_FLIGHT at a time.
+    """
+    if batched is None:
+        batched = await _batched_reads(nc)
+    wanted = set(seqs)
+    found: dict[int, dict] = {}
+    if batched and seqs:
+        ordered = sorted(wanted)
+        start = prev = ordered[0]
+        runs = []
+        for seq in ordered[1:]:
+            if seq - prev > GAP:
+                runs.append((start, prev))
+                start = seq
+            prev = seq
+        runs.append((start, prev))
+        for first, last in runs:
+            if last - first < 8:
+                continue  # a few scattered letters: cheaper one by one
+            try:
+                got = await js.direct_get_batch(nc, dl.STREAM, first, last, batch=BATCH)
+            except js.JetStreamError:
+                continue  # e.g. an older replica that ignores batches: one by one below
+            for msg in got:
+                if msg["seq"] in wanted:
+                    found[msg["seq"]] = msg
+    rest = [seq for seq in seqs if seq not in found]
+    if rest:
         sem = asyncio.Semaphore(IN_FLIGHT)
 
-        async def one(letter):
+        async def get(seq):
             async with sem:
-                await limiter.wait()
-                try:
-                    return letter, await _replay_one(nc, letter.dl_seq, params.get("subject"),
-                                                     params.get("remove_original", False),
-                                                     (letter.stream, letter.stream_seq))
-                except ActionError as exc:
-                    return letter, exc
+                msg = await js.next_message(nc, dl.STREAM, seq)
+            if msg is not None and msg["seq"] == seq:
+                found[seq] = msg
 
-        return await asyncio.gather(*(one(x) for x in batch))
+        await asyncio.gather(*(get(seq) for seq in rest))
+    return found
 
-    results = _retrying(go)
-    replays, failed = [], 0
-    for letter, result in results:
-        if isinstance(result, Exception):
-            failed += 1
-            continue
-        replays.append(Replay(dead_letter=letter, job=job, subject=result["subject"],
-                              msg_id=result["msg_id"], stream=result["stream"], seq=result["seq"],
-                              duplicate=result["duplicate"],
-                              username=job.created_by.username if job.created_by else ""))
-    return len(replays), failed, replays
+
+async def _replay_rows(nc, rows: list[tuple], subject: str | None, remove_original: bool,
+                       limiter: RateLimit) -> list:
+    """Read, publish pipelined, wait for every PubAck; [(row, result or ActionError)].
+
+    A letter whose target no stream stores fails (ActionError) and stays; a
+    missing PubAck or a JetStream not yet ready raises JetStreamError, for the
+    caller to repeat the whole batch.
+    """
+    stored = await read_letters(nc, [row[1] for row in rows])
+    out: list = [None] * len(rows)
+    plan = []
+    for i, row in enumerate(rows):
+        msg = stored.get(row[1])
+        target = subject or (msg["headers"].get(dl.H_SUBJECT) if msg else "") or ""
+        if msg is None:
+            out[i] = (row, ActionError(f"dead letter {row[1]} is no longer in DEAD_LETTERS"))
+        elif msg["headers"].get(dl.H_PAYLOAD) == "missing":
+            out[i] = (row, ActionError("payload unavailable: nothing to replay"))
+        elif not target:
+            out[i] = (row, ActionError("the original subject is unknown: give a subject"))
+        else:
+            plan.append((i, row, target, msg))
+    messages = [(target, msg["data"], replay_headers(msg["headers"], row[1], target))
+                for _, row, target, msg in plan]
+    acks = await js.publish_many(nc, messages, in_flight=PUB_IN_FLIGHT,
+                                 before=limiter.wait if limiter.interval else None)
+    unstored: dict[str, bool] = {}
+    for (i, row, target, _), (_, _, headers), ack in zip(plan, messages, acks, strict=True):
+        if isinstance(ack, js.NoStream):
+            if target not in unstored:
+                unstored[target] = not await js.streams_storing(nc, target)
+            if not unstored[target]:  # a stream stores it: JetStream not ready yet
+                raise js.JetStreamError(f"no PubAck from the stream storing {target!r}")
+            out[i] = (row, ActionError(f"no stream stores {target!r}: the dead letter stays"))
+        elif isinstance(ack, Exception):
+            out[i] = (row, ActionError(str(ack)))
+        else:
+            out[i] = (row, {**ack, "subject": target, "msg_id": headers["Nats-Msg-Id"]})
+    if remove_original:
+        async def remove(row):
+            try:
+                await js.delete_message(nc, row[2], row[3])
+            except js.JetStreamError:
+                pass  # already gone (work queue, aged out): nothing to remove
+        await asyncio.gather(*(remove(row) for row, result in out
+                               if not isinstance(result, Exception) and row[3]))
+    return out
 
 
 # ------------------------------------------------------------------ replay from any stream

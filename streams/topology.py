@@ -130,6 +130,8 @@ DECLARED: list[StreamSpec] = [
     stream(
         "DEAD_LETTERS", ["lucent.deadletter.>"], num_replicas=3,
         max_age=365 * DAY, duplicate_window=DAY,
+        # Bulk replay reads dead letters a thousand at a time (batched DIRECT.GET).
+        allow_direct=True,
         # The console's index reads every dead letter once (captured or explicit).
         consumers=[worker("deadletter-index", None, max_deliver=-1,
                           ack_wait=60 * SECOND, max_ack_pending=10_000)],

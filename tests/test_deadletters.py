@@ -249,3 +249,175 @@ async def test_an_interrupted_bulk_replay_resumes_without_duplicates_or_losses(t
     finally:
         await nc.close()
         server.stop()
+
+
+# ---------------------------------------------------------------- bulk replay: batched reads, old servers
+
+async def _explicit_letters(nc, n: int, subject_of=lambda i: f"orders.eu.{i}"):
+    """n dead letters published straight to DEAD_LETTERS (as a service may), indexed."""
+    await _work_stream(nc)
+    for i in range(n):
+        await nc.jetstream().publish(dl.subject("ORDERS", "shipper"), f"order {i}".encode(),
+                                     headers=dl.headers({"X-I": str(i)}, stream="ORDERS", seq=i + 1,
+                                                        subject=subject_of(i), consumer="shipper",
+                                                        deliveries=2,
+                                                        reason=dl.REASON_MAX_DELIVERIES))
+    await _drain(nc)
+    await js.add_consumer(nc, "ORDERS", {"durable_name": "audit-tail", "ack_policy": "none",
+                                         "deliver_policy": "new"})
+
+
+async def _bulk_replay_twice(nc, users, n: int) -> None:
+    """A bulk replay of every letter, then the same again: each reaches ORDERS once."""
+    operator = users["operator"]
+    for attempt in range(2):
+        result = await sync_to_async(dlq.start_job)(operator, "replay", {"consumer": "shipper"})
+        job = await sync_to_async(Job.objects.get)(pk=result["job"])
+        assert (job.state, job.done, job.failed) == ("done", n, 0), attempt
+        assert await _replayed_messages(nc) == n
+    stored = await js.next_message(nc, "ORDERS", 1)
+    letter = await sync_to_async(DeadLetter.objects.get)(stream_seq=1)
+    assert stored["data"] == b"order 0" and stored["headers"]["X-I"] == "0"
+    assert stored["headers"]["Nats-Msg-Id"] == dlq.replay_msg_id(letter.dl_seq, "orders.eu.0")
+    assert not any(k.startswith("Lucent-DL-") for k in stored["headers"])
+    assert await sync_to_async(DeadLetter.objects.filter(status="replayed").count)() == n
+
+
+async def test_batched_reads_return_what_one_by_one_reads_do(fresh_nc):
+    await _explicit_letters(fresh_nc, 300)
+    assert js.supports_batch_get(fresh_nc)
+    info = await js.stream_info(fresh_nc, dl.STREAM)
+    assert info["config"]["allow_direct"] is True  # declared: topology apply set it
+    await js.delete_message(fresh_nc, dl.STREAM, 150)  # purged meanwhile
+    seqs = [s for s in range(1, 301) if s % 3] + [299, 600]  # gaps, a repeat, one never stored
+    batched = await dlq.read_letters(fresh_nc, seqs, batched=True)
+    single = await dlq.read_letters(fresh_nc, seqs, batched=False)
+    assert set(batched) == set(single) == {s for s in seqs if s not in (150, 600)}
+    for seq, msg in single.items():
+        assert batched[seq]["data"] == msg["data"] and batched[seq]["seq"] == seq
+        assert {k: v for k, v in batched[seq]["headers"].items() if not k.startswith("Nats-")} == \
+            {k: v for k, v in msg["headers"].items() if not k.startswith("Nats-")}
+
+
+async def test_a_bulk_replay_with_batched_reads_is_exactly_once(fresh_nc, fresh_server, users,
+                                                                monkeypatch):
+    monkeypatch.setenv("NATS_URL", fresh_server.url)
+    monkeypatch.setattr(dlq, "BATCH", 40)  # several batches, overlapping their DB work
+    await _explicit_letters(fresh_nc, 130)
+    reads = []
+    original = js.direct_get_batch
+
+    async def counted(*a, **kw):
+        reads.append(a[2:4])
+        return await original(*a, **kw)
+
+    monkeypatch.setattr(js, "direct_get_batch", counted)
+    await _bulk_replay_twice(fresh_nc, users, 130)
+    assert len(reads) == 8  # 4 batches of up to 40, twice: one request each
+
+
+async def test_a_bulk_replay_fails_letters_no_stream_stores_and_replays_the_rest(
+        fresh_nc, fresh_server, users, monkeypatch):
+    monkeypatch.setenv("NATS_URL", fresh_server.url)
+    await _explicit_letters(fresh_nc, 10, lambda i: f"orders.eu.{i}" if i % 2 else f"gone.{i}")
+    result = await sync_to_async(dlq.start_job)(users["operator"], "replay", {"consumer": "shipper"})
+    job = await sync_to_async(Job.objects.get)(pk=result["job"])
+    assert (job.state, job.done, job.failed) == ("done", 5, 5)
+    assert await _replayed_messages(fresh_nc) == 5
+    stayed = await sync_to_async(list)(DeadLetter.objects.filter(status="new")
+                                       .values_list("subject", flat=True))
+    assert sorted(stayed) == [f"gone.{i}" for i in (0, 2, 4, 6, 8)]
+
+
+async def test_a_cancelled_bulk_replay_stops_at_a_batch_and_resumes_from_its_checkpoint(
+        fresh_nc, fresh_server, users, monkeypatch):
+    monkeypatch.setenv("NATS_URL", fresh_server.url)
+    monkeypatch.setattr(dlq, "BATCH", 10)
+    await _explicit_letters(fresh_nc, 50)
+    job = await sync_to_async(Job.objects.create)(kind="replay", total=50,
+                                                  params={"filters": {}, "subject": None, "rate": 50})
+    runner = asyncio.ensure_future(sync_to_async(dlq.run_job, thread_sensitive=False)(job.pk))
+    await asyncio.sleep(0.5)
+    await sync_to_async(Job.objects.filter(pk=job.pk).update)(cancel_requested=True)
+    await asyncio.wait_for(runner, 30)
+    await sync_to_async(job.refresh_from_db)()
+    assert job.state == Job.CANCELLED and 10 <= job.done < 50 and job.done % 10 == 0
+    assert job.last_id == (await sync_to_async(
+        lambda: list(DeadLetter.objects.order_by("pk").values_list("pk", flat=True)))())[job.done - 1]
+    assert await _replayed_messages(fresh_nc) == job.done  # every publish recorded
+    await sync_to_async(Job.objects.filter(pk=job.pk).update)(state=Job.RUNNING,
+                                                             cancel_requested=False)
+    await sync_to_async(dlq.run_job)(job.pk)
+    await sync_to_async(job.refresh_from_db)()
+    assert (job.state, job.done, job.failed) == ("done", 50, 0)
+    assert await _replayed_messages(fresh_nc) == 50
+
+
+async def test_topology_apply_turns_on_direct_reads_of_a_live_dead_letter_stream(fresh_nc):
+    await js.add_stream(fresh_nc, {"name": dl.STREAM, "subjects": ["lucent.deadletter.>"],
+                                   "storage": "file", "duplicate_window": 60 * SECOND})
+    assert not (await js.stream_info(fresh_nc, dl.STREAM))["config"].get("allow_direct")
+    changes = {c.stream: c for c in await topology.apply(fresh_nc)}
+    assert changes[dl.STREAM].action == "updated" and "allow_direct" in changes[dl.STREAM].detail
+    assert (await js.stream_info(fresh_nc, dl.STREAM))["config"]["allow_direct"] is True
+
+
+async def test_a_bulk_replay_on_nats_server_2_9_reads_one_by_one_exactly_once(tmp_path, users,
+                                                                              monkeypatch):
+    """Debian's nats-server 2.9 (no batched DIRECT.GET): the per-message path."""
+    import os
+    from pathlib import Path
+
+    from lucent_console.bus import embedded
+
+    from .conftest import bus
+
+    old = os.getenv("LUCENT_NATS_29", "/usr/sbin/nats-server")
+    if not Path(old).exists():
+        pytest.skip(f"{old} not installed (Debian's nats-server package)")
+    port = embedded.free_port()
+    args = [old] + embedded.server_args(port, tmp_path / "js")[1:]
+    server = embedded.Server(port, tmp_path / "js", args, tmp_path / "nats.log").start().wait()
+    monkeypatch.setenv("NATS_URL", server.url)
+    nc = await bus(server.url)
+    try:
+        assert js.server_version(nc) < (2, 11, 0) and not js.supports_batch_get(nc)
+        monkeypatch.setattr(dlq, "BATCH", 25)
+        await _explicit_letters(nc, 60)
+
+        async def refuse(*a, **kw):
+            raise AssertionError("a batched DIRECT.GET sent to nats-server 2.9")
+
+        monkeypatch.setattr(js, "direct_get_batch", refuse)
+        await _bulk_replay_twice(nc, users, 60)
+    finally:
+        await nc.close()
+        server.stop()
+
+
+async def test_a_large_bulk_replay_shares_each_batch_with_a_helper_process_exactly_once(
+        fresh_nc, fresh_server, users, monkeypatch):
+    monkeypatch.setenv("NATS_URL", fresh_server.url)
+    monkeypatch.setattr(dlq, "BATCH", 40)
+    monkeypatch.setattr(dlq, "SHARD_MIN", 100)
+    await _explicit_letters(fresh_nc, 130)
+    sent = []
+    original = dlq.Shard.replay
+
+    def counted(self, rows, *a):
+        sent.append(len(rows))
+        return original(self, rows, *a)
+
+    monkeypatch.setattr(dlq.Shard, "replay", counted)
+    await _bulk_replay_twice(fresh_nc, users, 130)
+    assert sent == [27, 27, 27, 7] * 2  # two thirds of every batch: the helper process
+
+
+async def test_a_bulk_replay_does_the_rows_of_a_dead_helper_process_itself(
+        fresh_nc, fresh_server, users, monkeypatch):
+    monkeypatch.setenv("NATS_URL", fresh_server.url)
+    monkeypatch.setattr(dlq, "BATCH", 40)
+    monkeypatch.setattr(dlq, "SHARD_MIN", 100)
+    monkeypatch.setattr(dlq.Shard, "CODE", "pass")  # a helper that exits at once
+    await _explicit_letters(fresh_nc, 130)
+    await _bulk_replay_twice(fresh_nc, users, 130)

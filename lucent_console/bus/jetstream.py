@@ -259,3 +259,177 @@ async def streams_storing(nc: Client, subject: str) -> list[str]:
     """Names of the streams whose subjects match ``subject``."""
     reply = await api(nc, "STREAM.NAMES", {"subject": subject})
     return reply.get("streams") or []
+
+
+# ---------------------------------------------------------------- bulk reads and publishes
+
+def server_version(nc: Client) -> tuple[int, int, int]:
+    """The connected server's version as numbers, (0, 0, 0) when unknown."""
+    raw = str((getattr(nc, "_server_info", {}) or {}).get("version") or "")
+    parts = []
+    for token in raw.split("-")[0].split(".")[:3]:
+        digits = "".join(ch for ch in token if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple((parts + [0, 0, 0])[:3])  # type: ignore[return-value]
+
+
+def supports_batch_get(nc: Client) -> bool:
+    """Whether the server answers ``DIRECT.GET`` with a batch (nats-server 2.11+).
+
+    An older server ignores ``batch`` and answers one message without an
+    end-of-batch marker, so callers must not ask it for one.
+    """
+    return server_version(nc) >= (2, 11, 0)
+
+
+def _stored_from_direct(msg) -> dict:
+    headers = dict(msg.headers or {})
+    return {"subject": headers.get("Nats-Subject", ""), "seq": int(headers["Nats-Sequence"]),
+            "time": headers.get("Nats-Time-Stamp"), "data": msg.data, "headers": headers}
+
+
+async def direct_get_batch(nc: Client, stream: str, seq: int, up_to: int, batch: int = 1000,
+                           timeout: float = 5.0) -> list[dict]:
+    """The stored messages of ``stream`` from ``seq`` through ``up_to``, in order, as
+    ``next_message`` returns them (headers include ``Nats-Sequence`` and friends).
+
+    One ``DIRECT.GET`` request per ``batch`` messages (nats-server 2.11+, the stream
+    needs ``allow_direct``); deleted sequences are skipped by the server. In a
+    cluster a replica may answer and may lag: callers check what they needed.
+    """
+    out: list[dict] = []
+    position = seq
+    while position <= up_to:
+        want = min(batch, up_to - position + 1)
+        got, more = await _direct_get_once(nc, stream, position, want, timeout)
+        out.extend(m for m in got if m["seq"] <= up_to)
+        if not got or not more:
+            break
+        position = got[-1]["seq"] + 1
+    return out
+
+
+async def _direct_get_once(nc: Client, stream: str, seq: int, batch: int,
+                           timeout: float) -> tuple[list[dict], bool]:
+    """One batched ``DIRECT.GET``: (messages, whether the stream holds more after them)."""
+    import asyncio
+
+    from nats.errors import Error as NatsError
+
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future = loop.create_future()
+    got: list[dict] = []
+
+    async def on_msg(msg) -> None:
+        status = (msg.headers or {}).get("Status")
+        if status is None:
+            got.append(_stored_from_direct(msg))
+            return
+        if not done.done():
+            done.set_result((status, msg.headers or {}))
+
+    inbox = nc.new_inbox()
+    try:
+        sub = await nc.subscribe(inbox, cb=on_msg)
+        try:
+            await nc.publish(f"{API_PREFIX}.DIRECT.GET.{stream}",
+                             json.dumps({"seq": seq, "batch": batch}).encode(), reply=inbox)
+            try:
+                status, headers = await asyncio.wait_for(done, timeout)
+            except TimeoutError:
+                raise JetStreamError(f"DIRECT.GET {stream} batch timed out after {timeout}s") from None
+        finally:
+            await sub.unsubscribe()
+    except NatsError as exc:
+        raise JetStreamError(f"DIRECT.GET {stream}: {exc}") from None
+    if status == "404":  # nothing at or after seq
+        return got, False
+    if status == "503":
+        raise JetStreamError(f"DIRECT.GET {stream}: no responders (allow_direct off?)")
+    if status != "204":
+        raise JetStreamError(f"DIRECT.GET {stream}: status {status} {headers.get('Description', '')}")
+    return got, int(headers.get("Nats-Num-Pending") or 0) > 0
+
+
+class NoStream(JetStreamError):
+    """A publish nobody stored (no stream's subjects match, or JetStream not ready)."""
+
+
+async def publish_many(nc: Client, messages, *, in_flight: int = 1000, timeout: float = 5.0,
+                       before=None) -> list:
+    """Publish ``(subject, data, headers)`` messages pipelined, ``in_flight`` PubAcks
+    outstanding at most; returns, per message in order, ``{"stream", "seq",
+    "duplicate"}`` or a ``JetStreamError`` (``NoStream`` when nothing stored it).
+
+    ``before`` (a coroutine function) is awaited before each publish: a rate limit.
+    Raises ``JetStreamError`` when a PubAck does not come within ``timeout`` or the
+    connection fails: the caller repeats the whole call (ids make it safe).
+    """
+    import asyncio
+
+    from nats.errors import Error as NatsError
+
+    messages = list(messages)
+    loop = asyncio.get_running_loop()
+    prefix = nc.new_inbox()
+    cut = len(prefix) + 1
+    pending: dict[str, asyncio.Future] = {}
+    futures: list[asyncio.Future] = []
+    slots = asyncio.Semaphore(in_flight)
+
+    async def on_ack(msg) -> None:
+        fut = pending.pop(msg.subject[cut:], None)
+        if fut is not None and not fut.done():
+            fut.set_result(msg)
+
+    def release(_fut) -> None:
+        slots.release()
+
+    try:
+        sub = await nc.subscribe(prefix + ".*", cb=on_ack, pending_msgs_limit=4 * in_flight + 1024)
+        try:
+            for i, (subject, data, headers) in enumerate(messages):
+                if before is not None:
+                    await before()
+                if slots.locked():
+                    try:
+                        await asyncio.wait_for(slots.acquire(), timeout)
+                    except TimeoutError:
+                        raise JetStreamError(
+                            f"no PubAck within {timeout}s ({len(pending)} waiting)") from None
+                else:
+                    await slots.acquire()  # free: no suspension, publishes coalesce
+                fut = loop.create_future()
+                fut.add_done_callback(release)
+                token = str(i)
+                pending[token] = fut
+                futures.append(fut)
+                await nc.publish(subject, data, reply=f"{prefix}.{token}", headers=headers)
+            if futures:
+                _, late = await asyncio.wait(futures, timeout=timeout)
+                if late:
+                    raise JetStreamError(f"no PubAck within {timeout}s for {len(late)} message(s)")
+        finally:
+            for fut in futures:
+                if not fut.done():
+                    fut.cancel()
+            await sub.unsubscribe()
+    except NatsError as exc:
+        raise JetStreamError(f"publish failed: {exc}") from None
+    return [_pub_ack(fut.result(), subject) for fut, (subject, _, _) in zip(futures, messages, strict=True)]
+
+
+def _pub_ack(msg, subject: str):
+    headers = msg.headers or {}
+    if headers.get("Status") == "503":
+        return NoStream(f"no stream stores {subject!r}")
+    try:
+        reply = json.loads(msg.data or b"{}")
+    except ValueError:
+        return JetStreamError(f"unreadable PubAck for {subject!r}")
+    error = reply.get("error")
+    if error:
+        return JetStreamError(error.get("description", "unknown error"), error.get("code", 0),
+                              error.get("err_code", 0))
+    return {"stream": reply.get("stream"), "seq": reply.get("seq"),
+            "duplicate": bool(reply.get("duplicate"))}
