@@ -84,3 +84,17 @@ async def test_status_survives_an_outage_and_recovers(tmp_path, monkeypatch):
         assert (await bus_status())["ok"] is True
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("raw", [
+    b"Nats-Msg-Id: a\r\nX-Correlation-ID: c-1\r\n\r\n",
+    b"Name:Value\r\nTabbed:\tv\r\n bad name: x\r\nno colon\r\n\r\n",
+    b"Lucent-DL-Reason: max \xc3\xa9 deliveries\r\nBroken: \xff\xfe\r\n\xc3\xa9t\xc3\xa9: skipped\r\n",
+    b"in\x1cside: x\r\n: empty name\r\nA: 1\r\nA: 2\r\n", b"",
+])
+def test_our_header_parser_answers_as_nats_py(raw):
+    from nats.aio.client import Client
+
+    from lucent_console.bus.client import LucentClient
+
+    assert LucentClient._parse_header_lines(raw) == Client._parse_header_lines(raw)
