@@ -22,11 +22,17 @@ def firing():
             .annotate(order=_SEVERITY_ORDER).order_by("order", "-started_at"))
 
 
+def active_silences() -> dict:
+    """Alert key -> until when it is silenced, for every silence in force."""
+    out: dict = {}
+    for key, until in Silence.objects.filter(until__gt=timezone.now()).values_list("key", "until"):
+        out[key] = max(until, out.get(key, until))
+    return out
+
+
 def panel(history: int = 50) -> dict:
-    now = firing()
-    silenced = dict(Silence.objects.filter(until__gt=timezone.now())
-                    .values_list("key", "until"))
-    rows = list(now)
+    silenced = active_silences()
+    rows = list(firing())
     for a in rows:
         a.silenced = silenced.get(a.key)
     return {"firing": rows,

@@ -41,13 +41,14 @@ def alert_action(request, pk: str, action: str):
     return render(request, "fragments/alerts_panel.html", {**service.panel(), "can_act": True})
 
 
-def _row(a: Alert) -> dict:
+def _row(a: Alert, silences: dict | None = None) -> dict:
+    silenced = (silences or {}).get(a.key) if silences is not None else a.silenced_until
     return {"id": a.pk, "rule": a.rule.name, "kind": a.rule.kind, "severity": a.severity,
             "state": a.state, "subject": a.subject, "message": a.message, "value": a.value,
             "link": a.link, "started_at": a.started_at.isoformat(),
             "resolved_at": a.resolved_at.isoformat() if a.resolved_at else None,
             "acknowledged_by": a.acknowledged_by.get_username() if a.acknowledged_by else None,
-            "silenced_until": a.silenced_until.isoformat() if a.silenced_until else None}
+            "silenced_until": silenced.isoformat() if silenced else None}
 
 
 @api_view(["GET"])
@@ -56,7 +57,9 @@ def api_alerts(request):
     if request.GET.get("state"):
         qs = qs.filter(state=request.GET["state"])
     paginator = Page()
-    return paginator.get_paginated_response([_row(a) for a in paginator.paginate_queryset(qs, request)])
+    page = paginator.paginate_queryset(qs, request)
+    silences = service.active_silences()
+    return paginator.get_paginated_response([_row(a, silences) for a in page])
 
 
 @api_view(["POST"])

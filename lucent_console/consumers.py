@@ -9,6 +9,7 @@ the pages render, rendered once per snapshot for all sockets that show them.
 from __future__ import annotations
 
 import json
+import time
 from datetime import UTC, datetime
 from urllib.parse import parse_qs
 
@@ -169,11 +170,20 @@ class LiveConsumer(AsyncWebsocketConsumer):
             await self.send(text_data=await database_sync_to_async(self._alerts)())
 
     def _alerts(self) -> str:
+        """Rendered once for all the sockets that show the same list: per alert transition
+        (the relay counts them) and at most every 2 s (acknowledge/silence change it too)."""
         from alerts import service
 
-        if self.panel == "overview":
-            return _fragment("fragments/overview_alerts.html", **service.panel(history=0))
-        return _fragment("fragments/alerts_panel.html", **service.panel(), can_act=self.can_act)
+        key = (relay.alerts_version, int(time.monotonic() / 2), self.panel, self.can_act)
+        if key not in relay.alerts_cache:
+            if self.panel == "overview":
+                html = _fragment("fragments/overview_alerts.html", **service.panel(history=0))
+            else:
+                html = _fragment("fragments/alerts_panel.html", **service.panel(),
+                                 can_act=self.can_act)
+            relay.alerts_cache = {k: v for k, v in relay.alerts_cache.items() if k[:2] == key[:2]}
+            relay.alerts_cache[key] = html
+        return relay.alerts_cache[key]
 
     def panel_overview(self, snapshot, changed, full):
         if changed.get("event") and not full:

@@ -39,6 +39,8 @@ class Relay:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock: asyncio.Lock | None = None
         self._render_cache: dict = {}
+        self.alerts_version = 0  # alert transitions seen (consumers cache the alert lists by it)
+        self.alerts_cache: dict = {}
         self._render_seq = None
 
     # ------------------------------------------------------------ lifecycle
@@ -116,6 +118,7 @@ class Relay:
             await layer.group_send(self.group, {"type": "services.event"})
 
     async def on_alerts(self, msg) -> None:
+        self.alerts_version += 1
         layer = get_channel_layer()
         if layer is not None:
             await layer.group_send(self.group, {"type": "alerts.changed"})
