@@ -31,6 +31,7 @@ from lucent_console.bus import envelope
 from lucent_console.bus import jetstream as js
 from lucent_console.bus import sync as bus_sync
 from lucent_console.bus.client import web_client
+from lucent_console.helper import Helper, HelperError
 from lucent_console.models import AuditRecord
 from lucent_console.roles import has_role
 
@@ -421,85 +422,34 @@ def _run_replay(job: Job, params: dict, limiter: RateLimit) -> bool:
     return _finish(job, Job.DONE)
 
 
-class Shard:
+class Shard(Helper):
     """A helper process that replays the rows it is sent (``_replay_rows`` on a bus
-    connection of its own) and sends back the results; no database access.
+    connection of its own) and sends back the results; no database access. If it
+    dies or fails, the caller replays those rows itself: the same ids make the
+    repeat harmless."""
 
-    Speaks pickled messages over its stdin/stdout. If it dies or fails, the
-    caller replays those rows itself: the same ids make the repeat harmless.
-    """
-
-    # Replies go to a copy of stdout; stdout itself then points at stderr, so nothing
-    # printed on the way (Django, logging) can corrupt them.
-    CODE = ("import os, sys; out = os.fdopen(os.dup(1), 'wb'); os.dup2(2, 1); "
-            "import django; django.setup(); from streams import dlq; dlq.Shard.serve(out)")
-
-    def __init__(self, proc) -> None:
-        self.proc = proc
-        self.alive = True
-
-    @classmethod
-    def start(cls) -> Shard | None:
-        import subprocess
-        import sys
-
-        from django.conf import settings
-
-        try:
-            proc = subprocess.Popen([sys.executable, "-c", cls.CODE], cwd=settings.BASE_DIR,
-                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        except OSError:
-            return None
-        return cls(proc)
+    TARGET = "streams.dlq:shard_handler"
 
     def replay(self, rows: list[tuple], subject: str | None, remove_original: bool) -> list:
-        import pickle
-
         try:
-            pickle.dump((rows, subject, remove_original), self.proc.stdin)
-            self.proc.stdin.flush()
-            kind, value = pickle.load(self.proc.stdout)
-        except (OSError, EOFError, pickle.UnpicklingError) as exc:
-            self.alive = False
-            raise js.JetStreamError(f"replay helper process gone: {exc}") from None
-        if kind != "ok":
-            raise js.JetStreamError(f"replay helper process: {value}")
-        return value
+            return self.call(rows, subject, remove_original)
+        except HelperError as exc:
+            raise js.JetStreamError(f"replay helper process: {exc}") from None
 
-    def stop(self) -> None:
-        import subprocess
 
-        try:
-            self.proc.stdin.close()
-            self.proc.wait(10)
-        except (OSError, subprocess.TimeoutExpired):
-            self.proc.kill()
-            self.proc.wait()
+def shard_handler():
+    """In the helper process: a bus connection, and the function replaying rows on it."""
+    from lucent_console.bus.client import connect
 
-    @staticmethod
-    def serve(out) -> None:
-        """The helper process: replay what arrives on stdin until it closes."""
-        import pickle
-        import sys
+    loop = asyncio.new_event_loop()
+    nc = loop.run_until_complete(connect("replay-shard", retry_initial=False))
+    limiter = RateLimit(None)
 
-        from lucent_console.bus.client import connect
+    def replay(rows: list[tuple], subject: str | None, remove_original: bool) -> list:
+        return loop.run_until_complete(_replay_rows(nc, rows, subject, remove_original, limiter))
 
-        loop = asyncio.new_event_loop()
-        nc = loop.run_until_complete(connect("replay-shard", retry_initial=False))
-        limiter = RateLimit(None)
-        while True:
-            try:
-                rows, subject, remove_original = pickle.load(sys.stdin.buffer)
-            except EOFError:
-                break
-            try:
-                reply = ("ok", loop.run_until_complete(
-                    _replay_rows(nc, rows, subject, remove_original, limiter)))
-            except Exception as exc:  # the parent retries these rows itself
-                reply = ("error", f"{type(exc).__name__}: {exc}")
-            pickle.dump(reply, out)
-            out.flush()
-        loop.run_until_complete(nc.close())
+    replay.close = lambda: loop.run_until_complete(nc.close())
+    return replay
 
 
 def _replay_sharded(pool, shard: Shard, job: Job, batch: list[tuple], params: dict,

@@ -232,3 +232,22 @@ class WebhookReceiver:
 
     def shutdown(self) -> None:
         self.server.shutdown()
+
+
+def writer_that_dies_once():
+    """A trace index writer (``traces.indexer.Writer`` target) that, the first time in
+    any process, commits a batch and exits before replying (``LUCENT_TEST_WRITER_DIES``:
+    the marker file)."""
+    from traces import indexer
+
+    write = indexer.writer_handler()
+    marker = Path(os.environ["LUCENT_TEST_WRITER_DIES"])
+
+    def dies_once(rows, token, after):
+        stored = write(rows, token, after)
+        if stored and not marker.exists():
+            marker.write_text("died")
+            os._exit(1)
+        return stored
+
+    return dies_once

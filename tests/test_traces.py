@@ -158,11 +158,11 @@ async def test_rows_wait_and_are_retried_when_the_database_fails(fresh_nc, monke
     await topology.apply(fresh_nc)
     real, calls = indexer.store, []
 
-    def flaky(rows):
+    def flaky(rows, *args):
         calls.append(len(rows))
         if len(calls) == 1:
             raise OperationalError("database is locked")
-        return real(rows)
+        return real(rows, *args)
 
     monkeypatch.setattr(indexer, "store", flaky)
     async with indexing(fresh_nc):
@@ -171,6 +171,89 @@ async def test_rows_wait_and_are_retried_when_the_database_fails(fresh_nc, monke
             await fresh_nc.jetstream().publish(job["subject"], envelope.encode(job))
         await _until(lambda: _count(correlation_id="corr-db") == 5)
     assert len(calls) >= 2 and "could not store" in caplog.text and "database is locked" in caplog.text
+
+
+def _row(stream: str, seq: int | None, cid: str = "corr-store") -> tuple:
+    return (stream, seq, "lucent.agents.x", f"m-{stream}-{seq}", cid, "", "Job", "", datetime.now(UTC),
+            "", None)
+
+
+def test_a_batch_is_stored_once_and_only_after_the_one_it_follows():
+    first = [_row("AGENT_COORDINATION", 1), _row("DOMAIN_EVENTS", None)]
+    second = [_row("AGENT_COORDINATION", 2)]
+    assert indexer.store(first, token=11) == 2
+    assert indexer.store(first, token=11) == 0  # its writer died before saying it was stored
+    with pytest.raises(indexer.OutOfOrder):
+        indexer.store(second, token=12, after=99)  # the batch before it failed
+    assert _count(correlation_id="corr-store") == 2
+    assert Cursor.objects.get(stream="AGENT_COORDINATION").last_seq == 1
+    assert indexer.store(second, token=12, after=11) == 1
+    assert indexer.store(first, token=11) == 0  # the last but one is still known
+    assert _count(correlation_id="corr-store") == 3
+    assert indexer.cursors() == {"AGENT_COORDINATION": 2}
+
+
+async def _jobs_and_events(nc, n: int, cid: str) -> None:
+    """``n`` agent jobs (read by an ordered consumer) and ``n`` domain events (read
+    live: only the batch tokens keep those from being stored twice)."""
+    js_ = nc.jetstream()
+    for i in range(n):
+        job = envelope.make("Assess", f"lucent.agents.risk.assessment.{i}", {"i": i},
+                            correlation_id=cid)
+        await js_.publish_async(job["subject"], envelope.encode(job), headers=envelope.headers_for(job))
+        event = envelope.make("Assessed", "lucent.events.domain.risk.assessed", {"i": i},
+                              correlation_id=cid)
+        await js_.publish_async(event["subject"], envelope.encode(event),
+                                headers=envelope.headers_for(event))
+    await js_.publish_async_completed()
+
+
+def _exactly_once(cid: str, n: int) -> None:
+    rows = list(EnvelopeRecord.objects.filter(correlation_id=cid).values_list("stream", "seq",
+                                                                            "message_id"))
+    assert sorted(seq for stream, seq, _ in rows if stream == "AGENT_COORDINATION") == \
+        list(range(1, n + 1))
+    assert len({m for _, _, m in rows}) == len(rows) == 2 * n
+
+
+async def test_under_load_a_writer_process_stores_every_row_once(fresh_nc):
+    await topology.apply(fresh_nc)
+    idx = indexer.Indexer(fresh_nc, every=0.05, max_batch=150, spawn_at=1)
+    stop = asyncio.Event()
+    task = asyncio.create_task(idx.run(stop))
+    await _until(lambda: len(idx.following) == len(indexer.STREAMS))
+    await _jobs_and_events(fresh_nc, 1000, "corr-load")
+    await _until(lambda: _count(correlation_id="corr-load") >= 2000, timeout=30)
+    writer = idx.writer
+    assert writer is not None and writer.alive and idx.writer_failures == 0
+    stop.set()
+    await task
+    assert writer.proc.poll() is not None and idx.writer is None  # stopped with the indexer
+    await sync_to_async(_exactly_once)("corr-load", 1000)
+    cursor = await sync_to_async(Cursor.objects.get)(stream="AGENT_COORDINATION")
+    assert cursor.last_seq == 1000
+
+
+async def test_a_writer_process_that_dies_after_storing_loses_nothing_and_stores_nothing_twice(
+        fresh_nc, monkeypatch, tmp_path):
+    """The writer commits a batch and dies before it can say so, with the next batch
+    already in its pipe: both are written again by a new writer, the stored one as a
+    no-op."""
+    await topology.apply(fresh_nc)
+    monkeypatch.setenv("LUCENT_TEST_WRITER_DIES", str(tmp_path / "died"))
+    monkeypatch.setattr(indexer.Writer, "TARGET", "tests.support:writer_that_dies_once")
+    idx = indexer.Indexer(fresh_nc, every=0.05, max_batch=100, spawn_at=1)
+    stop = asyncio.Event()
+    task = asyncio.create_task(idx.run(stop))
+    await _until(lambda: len(idx.following) == len(indexer.STREAMS))
+    await _jobs_and_events(fresh_nc, 600, "corr-die")
+    await _until(lambda: _count(correlation_id="corr-die") >= 1200, timeout=30)
+    assert (tmp_path / "died").exists() and idx.writer_failures == 1
+    assert idx.writer is not None and idx.writer.alive  # its successor
+    await asyncio.sleep(0.3)  # anything stored twice would be there now
+    stop.set()
+    await task
+    await sync_to_async(_exactly_once)("corr-die", 600)
 
 
 async def test_an_ordered_consumer_recreated_before_its_first_message_does_not_read_again(fresh_nc):

@@ -18,8 +18,11 @@ Steps, and what happens if it stops halfway:
    dead letter, where the original was).
 3. Every ``every`` seconds, or sooner once ``batch`` rows wait, write them with the
    new resume points, in transactions of at most ``max_batch`` rows, in a worker
-   thread. On a database error the rows stay in memory and the write is retried
-   with backoff (and logged).
+   thread; under load (``spawn_at`` rows waiting) in a ``Writer`` process, so that
+   the database work has a core of its own. On a database error, or if the writer
+   process dies, the rows stay in memory and the write is retried with backoff
+   (and logged); each batch carries a token, so a batch stored by a writer that
+   died before it could say so is not stored twice.
    Past ``max_pending`` rows, ordered streams stop and restart from their resume
    point once the backlog is written (nothing lost); live messages past it are
    dropped and counted.
@@ -34,6 +37,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import secrets
+from collections import deque
 from datetime import UTC, datetime, timedelta
 
 from asgiref.sync import sync_to_async
@@ -45,6 +50,7 @@ from lucent_console.bus import deadletters as dl
 from lucent_console.bus import envelope, tail
 from lucent_console.bus import jetstream as js
 from lucent_console.bus.client import backoff_delay
+from lucent_console.helper import Helper, HelperError, HelperGone
 
 from .models import Cursor, EnvelopeRecord
 
@@ -126,35 +132,92 @@ def row_from(stream: str, subject: str, reply: str | None, data: bytes, headers:
             _clip(origin_stream, "origin_stream"), origin_seq)
 
 
+INSERT = (f"INSERT INTO {EnvelopeRecord._meta.db_table} ({', '.join((*FIELDS, 'indexed_at'))}) "
+          f"VALUES ({', '.join(['%s'] * (len(FIELDS) + 1))})")
+WRITER_CACHE_KIB = 65_536  # SQLite page cache of the Writer process
+# Cursor rows holding the tokens of the last batch stored and of the one before it
+BATCH, BATCH_BEFORE = "(batch)", "(batch before)"
+
+
 def cursors() -> dict[str, int]:
-    return dict(Cursor.objects.values_list("stream", "last_seq"))
+    return dict(Cursor.objects.exclude(stream__in=(BATCH, BATCH_BEFORE))
+                .values_list("stream", "last_seq"))
 
 
-def store(rows: list[tuple]) -> None:
-    """Insert ``rows`` and move the resume points past them, all or nothing.
+def store(rows: list[tuple], token: int | None = None, after: int | None = None) -> int:
+    """Insert ``rows`` and move the resume points past them, all or nothing; how many
+    rows were inserted.
 
-    One INSERT run by ``executemany``: ``bulk_create`` builds a model object per
-    row and cost 2.4 times as much (bench/trace_index.py).
+    ``token`` names the batch: if one of the last two batches stored had it (a
+    writer process died after committing it, before saying so), nothing is inserted
+    again. ``after``: the token of the batch that must have been stored before this
+    one (``OutOfOrder`` if it was not). One INSERT run by ``executemany``:
+    ``bulk_create`` cost 2.4 times as much, multi-row INSERTs 1.5 times as much
+    here (bench/trace_index.py; a 1 M-row index, 2026-11-27).
     """
     upto = {r[0]: r[1] for r in rows if r[1] is not None}  # ordered streams: rising seqs
     ops = connection.ops
     now = ops.adapt_datetimefield_value(datetime.now(UTC))
     params = [(*r[:8], ops.adapt_datetimefield_value(r[8]), r[9], r[10], now) for r in rows]
-    columns = ", ".join(ops.quote_name(c) for c in (*FIELDS, "indexed_at"))
-    sql = (f"INSERT INTO {ops.quote_name(EnvelopeRecord._meta.db_table)} ({columns}) "
-           f"VALUES ({', '.join(['%s'] * (len(FIELDS) + 1))})")
     with transaction.atomic():
+        if token is not None:
+            seen = dict(Cursor.objects.filter(stream__in=(BATCH, BATCH_BEFORE))
+                        .values_list("stream", "last_seq"))
+            if token in seen.values():
+                return 0
+            if after is not None and seen.get(BATCH) != after:
+                raise OutOfOrder("the batch before this one was not stored")
+            if BATCH in seen:
+                Cursor.objects.update_or_create(stream=BATCH_BEFORE,
+                                                defaults={"last_seq": seen[BATCH]})
+            Cursor.objects.update_or_create(stream=BATCH, defaults={"last_seq": token})
         with connection.cursor() as cursor:
-            cursor.executemany(sql, params)
+            cursor.executemany(INSERT, params)
         for stream, seq in upto.items():
             Cursor.objects.update_or_create(stream=stream, defaults={"last_seq": seq})
+    return len(rows)
+
+
+class OutOfOrder(Exception):
+    pass
+
+
+class Writer(Helper):
+    """The process that writes the index under load (``store`` there): reading and
+    decoding keep this process's core, the database work gets the other one."""
+
+    TARGET = "traces.indexer:writer_handler"
+
+
+def writer_handler():
+    """In the writer process: ``store``, with a fresh connection after an error."""
+    def write(rows: list[tuple], token: int, after: int | None) -> int:
+        try:
+            if connection.vendor == "sqlite" and connection.connection is None:
+                connection.ensure_connection()
+                with connection.cursor() as cursor:  # random-key inserts: -25 % wall
+                    cursor.execute(f"PRAGMA cache_size=-{WRITER_CACHE_KIB}")
+            return store(rows, token, after)
+        except OutOfOrder:
+            raise
+        except Exception:
+            connection.close()
+            raise
+
+    return write
 
 
 class Indexer:
     def __init__(self, nc: Client, batch: int = 1000, every: float = 0.2,
-                 max_batch: int = 10_000, max_pending: int = 200_000) -> None:
+                 max_batch: int = 10_000, max_pending: int = 200_000,
+                 spawn_at: int | None = 2_000) -> None:
         self.nc, self.batch, self.every = nc, batch, every
         self.max_batch, self.max_pending = max_batch, max_pending
+        # Rows waiting at a flush from which writes move to a Writer process (None: never)
+        self.spawn_at = spawn_at
+        self.writer: Writer | None = None
+        self.sent: deque[tuple[list[tuple], int]] = deque()  # batches in the writer's pipe
+        self.writer_failures = 0
         self.rows: list[tuple] = []
         self.last: dict[str, int] = {}  # stream -> last seq read (stored or in self.rows)
         self.behind: set[str] = set()  # ordered streams stopped until the backlog is written
@@ -219,17 +282,50 @@ class Indexer:
 
     async def flush(self, attempts: int | None = None) -> int:
         """Write the oldest ``max_batch`` rows waiting (one transaction, so other writers
-        wait for it about a second at most); on a database error keep them and retry
-        (``attempts``: give up after that many)."""
-        if not self.rows:
+        wait for it about a second at most); how many rows were stored. On a database
+        error keep them and retry (``attempts``: give up after that many).
+
+        Through a Writer process, two batches are in its pipe at a time: it stores
+        one while the next is pickled and sent. Each batch then names the one before
+        it, and is refused if that one was not stored; after an error the batches
+        in flight are written again one at a time (their tokens make a batch that
+        was stored a no-op).
+        """
+        if not self.rows and not self.sent:
             return 0
-        rows, self.rows = self.rows[:self.max_batch], self.rows[self.max_batch:]
+        await self.spawn(len(self.rows))
+        if self.writer is None and not self.sent:
+            rows, self.rows = self.rows[:self.max_batch], self.rows[self.max_batch:]
+            await self.retrying(rows, secrets.randbits(63), attempts)
+            return len(rows)
+        try:
+            while self.writer is not None and len(self.sent) < 2 and self.rows:
+                rows, self.rows = self.rows[:self.max_batch], self.rows[self.max_batch:]
+                token, after = secrets.randbits(63), self.sent[-1][1] if self.sent else None
+                self.sent.append((rows, token))
+                await asyncio.to_thread(self.writer.send, rows, token, after)
+            if self.writer is None:
+                raise HelperGone("writer process gone")
+            await asyncio.to_thread(self.writer.receive)
+            rows, _ = self.sent.popleft()
+            self.stored += len(rows)
+            return len(rows)
+        except HelperError as exc:
+            log.warning("traces: writer process: %s; writing %d batches again", exc,
+                        len(self.sent))
+            await self.drain()
+        pending, self.sent = list(self.sent), deque()
+        for rows, token in pending:
+            await self.retrying(rows, token, attempts)
+        return sum(len(rows) for rows, _ in pending)
+
+    async def retrying(self, rows: list[tuple], token: int, attempts: int | None) -> None:
         attempt = 0
         while True:
             try:
-                await sync_to_async(store)(rows)
+                await self.write(rows, token)
                 self.stored += len(rows)
-                return len(rows)
+                return
             except Exception as exc:
                 attempt += 1
                 log.warning("traces: could not store %d rows (%s: %s); retry %d",
@@ -238,6 +334,52 @@ class Indexer:
                 if attempts is not None and attempt >= attempts:
                     raise
                 await asyncio.sleep(backoff_delay(attempt, base=0.5, cap=10.0))
+                await self.spawn(len(self.rows) + len(rows))
+
+    async def write(self, rows: list[tuple], token: int) -> None:
+        """One batch, alone: in the Writer process if there is one, else ``store`` in a
+        worker thread."""
+        if self.writer is None:
+            await sync_to_async(store)(rows, token)
+            return
+        try:
+            await asyncio.to_thread(self.writer.call, rows, token, None)
+        except HelperGone:
+            await self.drain()
+            raise
+
+    async def spawn(self, waiting: int) -> None:
+        """Start a Writer process once ``spawn_at`` rows wait (the bus loop and SQLite
+        then stop taking turns at one GIL: bench/trace_index.py). A writer that dies
+        is replaced; after three that would not start or died, writes stay here."""
+        if self.writer is not None or self.spawn_at is None or waiting < self.spawn_at \
+                or self.writer_failures >= 3 or not _shareable_database():
+            return
+        self.writer = await asyncio.to_thread(Writer.start)
+        if self.writer is None:
+            self.writer_failures += 1
+        else:
+            log.info("traces: %d rows waiting, writing from process %d", waiting, self.writer.pid)
+
+    async def drain(self) -> None:
+        """After an error: read the replies still owed for batches in flight (each is
+        refused, as the one before it failed); a writer process that died is let go."""
+        for _ in range(max(0, len(self.sent) - 1)):
+            if self.writer is None or not self.writer.alive:
+                break
+            try:
+                await asyncio.to_thread(self.writer.receive)
+            except HelperError:
+                pass
+        if self.writer is not None and not self.writer.alive:
+            writer, self.writer = self.writer, None
+            self.writer_failures += 1
+            await asyncio.to_thread(writer.stop)
+
+    async def close_writer(self) -> None:
+        if self.writer is not None:
+            writer, self.writer = self.writer, None
+            await asyncio.to_thread(writer.stop)
 
     async def run(self, stop: asyncio.Event) -> None:
         self.last = await sync_to_async(cursors)()
@@ -263,6 +405,13 @@ class Indexer:
                     pass
             except Exception:
                 log.exception("traces: rows not stored at shutdown (ordered streams resume)")
+            finally:
+                await self.close_writer()
+
+
+def _shareable_database() -> bool:
+    """Whether another process can write this database (not an in-memory SQLite one)."""
+    return connection.vendor != "sqlite" or not connection.is_in_memory_db()
 
 
 async def _sleep(stop: asyncio.Event, seconds: float) -> None:

@@ -1,0 +1,136 @@
+"""Helper processes: work that needs a core of its own, off the caller's GIL.
+
+A helper is a child Python running ``django.setup()`` and one handler, named
+``"module:factory"``: the factory is called once in the child and returns the
+function that ``Helper.call`` runs there. Arguments and results travel pickled
+over the child's stdin and stdout, one call at a time. Used by the bulk replay
+(``streams.dlq.Shard``: a share of each batch on a bus connection of its own) and
+by the trace index (``traces.indexer``: database writes under load).
+
+The child works on the caller's database (``connection.settings_dict["NAME"]``,
+so a test database stays the test database). If it dies, ``call`` raises
+``HelperGone`` and ``alive`` turns false: whether the last call took effect is
+unknown, and the caller must be able to repeat it harmlessly.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+from importlib import import_module
+
+
+class HelperError(Exception):
+    """The handler raised in the child (its work did not complete)."""
+
+
+class HelperGone(HelperError):
+    """The child is gone: the last call may or may not have taken effect."""
+
+
+class Helper:
+    # Replies go to a copy of stdout; stdout itself then points at stderr, so nothing
+    # printed on the way (Django, logging) can corrupt them.
+    CODE = ("import os, sys; out = os.fdopen(os.dup(1), 'wb'); os.dup2(2, 1); "
+            "import django; django.setup(); from lucent_console import helper; "
+            "helper.serve(sys.argv[1], out)")
+    TARGET = ""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.proc = proc
+        self.alive = True
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @classmethod
+    def start(cls, target: str | None = None) -> Helper | None:
+        """The child process, or None if it cannot be started."""
+        from django.conf import settings
+        from django.db import connection
+
+        env = {**os.environ, "LUCENT_HELPER_DB": str(connection.settings_dict["NAME"])}
+        try:
+            proc = subprocess.Popen([sys.executable, "-c", cls.CODE, target or cls.TARGET],
+                                    cwd=settings.BASE_DIR, env=env,
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        except OSError:
+            return None
+        return cls(proc)
+
+    def call(self, *args):
+        """Run the handler on ``args`` in the child; its result. Blocking: call it from
+        a thread (``asyncio.to_thread``) in async code."""
+        self.send(*args)
+        return self.receive()
+
+    def send(self, *args) -> None:
+        """Hand the child a call without waiting for its result (``receive`` it later;
+        results come back in the order the calls were sent)."""
+        if not self.alive:
+            raise HelperGone("helper process gone")
+        # Pickled whole, then one write: pickling into the pipe would write it in
+        # pieces, each giving up the GIL and waiting to get it back from the
+        # caller's busy event loop.
+        data = pickle.dumps(args, protocol=pickle.HIGHEST_PROTOCOL)
+        try:
+            self.proc.stdin.write(data)
+            self.proc.stdin.flush()
+        except OSError as exc:
+            self._gone(exc)
+
+    def receive(self):
+        """The result of the oldest call sent and not yet received."""
+        if not self.alive:
+            raise HelperGone("helper process gone")
+        try:
+            kind, value = pickle.load(self.proc.stdout)
+        except (OSError, EOFError, pickle.UnpicklingError) as exc:
+            self._gone(exc)
+        if kind != "ok":
+            raise HelperError(value)
+        return value
+
+    def _gone(self, exc: Exception):
+        self.alive = False
+        raise HelperGone(f"helper process gone: {exc or type(exc).__name__}") from None
+
+    def stop(self) -> None:
+        """Close its input (it finishes the call in hand and exits); kill it after 10 s."""
+        self.alive = False
+        try:
+            self.proc.stdin.close()
+            self.proc.wait(10)
+        except (OSError, subprocess.TimeoutExpired):
+            self.proc.kill()
+            self.proc.wait()
+
+
+def serve(target: str, out) -> None:
+    """The child: run each call that arrives on stdin until it closes."""
+    from django.conf import settings
+    from django.db import connections
+
+    name = os.environ.get("LUCENT_HELPER_DB")
+    if name:
+        settings.DATABASES["default"]["NAME"] = name
+        connections["default"].settings_dict["NAME"] = name
+    module, factory = target.split(":")
+    handler = getattr(import_module(module), factory)()
+    while True:
+        try:
+            args = pickle.load(sys.stdin.buffer)
+        except EOFError:
+            break
+        try:
+            reply = ("ok", handler(*args))
+        except Exception as exc:
+            reply = ("error", f"{type(exc).__name__}: {exc}")
+        pickle.dump(reply, out, protocol=pickle.HIGHEST_PROTOCOL)
+        out.flush()
+    close = getattr(handler, "close", None)
+    if close is not None:
+        close()
