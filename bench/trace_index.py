@@ -10,13 +10,16 @@ temp dir; or the PostgreSQL database named, dropped and created again):
    AGENT_COORDINATION, 1 of 4 commands on COMMANDS, 4 messages per correlation id;
 2. baseline, same run: raw nats-py ordered consumers on both streams with a
    callback that only counts (reading alone, before any work);
-3. the indexer as the collector runs it (``traces.indexer.Indexer``) from an empty
-   index until N rows are stored: messages/s end to end, the process's CPU time
-   over wall time (its CPU share; 100 % = one core), CPU per message, SQLite bytes
-   per row, and where the time goes (decode per message, database write per row);
+3. the indexer as the collector runs it (``traces.indexer.Indexer``: under load its
+   writes go to a Writer process) from an empty index until N rows are stored:
+   messages/s end to end, the console's CPU time over wall time (its CPU share,
+   100 % = one core: this process plus the writer process), CPU per message, SQLite
+   bytes per row, and where the time goes (decode per message, the wall time the
+   collector's loop spends in ``flush`` per row);
 4. fill the index to ROWS rows (bulk insert; random correlation and message ids, as
    uuid4s are), index the same N messages again into it (the steady state: every
-   insert lands somewhere in two large B-trees);
+   insert lands somewhere in two large B-trees), then once more with the writes
+   in a worker thread of this process (as before the writer process; comparison);
 5. time ``traces.trace.trace`` (the service the page and the API call) for 300
    random correlation ids (p50/p99), and for a correlation of 20,000 messages (the
    first 500 steps);

@@ -164,6 +164,24 @@ def _database() -> list[str]:
     return cache.get_or_set("metrics-database", read, 15)
 
 
+def _trace_index(snapshot: dict | None) -> list[str]:
+    """How far the trace index is behind each stream it reads with an ordered consumer
+    (not cached: a handful of rows)."""
+    from traces.indexer import STREAMS, cursors
+
+    if not snapshot:
+        return []
+    have = cursors()
+    lines = ["# HELP lucent_trace_index_lag Messages of the stream not yet in the trace index",
+             "# TYPE lucent_trace_index_lag gauge"]
+    for name, ordered in STREAMS.items():
+        s = (snapshot.get("streams") or {}).get(name)
+        if ordered and s is not None:
+            done = max(have.get(name, 0), s["first_seq"] - 1)
+            lines.append(f'lucent_trace_index_lag{{stream="{name}"}} {max(0, s["last_seq"] - done)}')
+    return lines
+
+
 def _allowed(request) -> bool:
     token = settings.LUCENT_METRICS_TOKEN
     if token:
@@ -182,5 +200,6 @@ def metrics(request):
         return HttpResponse("forbidden: set LUCENT_METRICS_TOKEN and send it as a bearer token\n",
                             status=403, content_type="text/plain")
     snapshot = services.current_snapshot()
-    body = render(snapshot, services.live_status()) + "\n".join(_database()) + "\n"
+    body = (render(snapshot, services.live_status()) + "\n".join(_database() + _trace_index(snapshot))
+            + "\n")
     return HttpResponse(body, content_type="text/plain; version=0.0.4; charset=utf-8")

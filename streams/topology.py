@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from nats.aio.client import Client
 
 from lucent_console.bus import jetstream as js
+from lucent_console.bus import lease
 
 from . import subjects
 
@@ -258,7 +259,7 @@ async def _apply_one(nc: Client, spec: StreamSpec, size: int) -> Change:
 @dataclass
 class StreamDiff:
     stream: str
-    state: str  # ok | missing | drift | undeclared
+    state: str  # ok | missing | drift | undeclared | console (the console's own)
     fields: list[tuple[str, object, object]] = field(default_factory=list)
     consumers: list[str] = field(default_factory=list)
 
@@ -286,6 +287,10 @@ async def diff(nc: Client, specs: list[StreamSpec] | None = None) -> list[Stream
                     notes.append(f"consumer {consumer['durable_name']}: {key} is {h!r}, declared {w!r}")
         out.append(StreamDiff(spec.name, "drift" if fields or notes else "ok", fields, notes))
     for name in sorted(live):
+        if name == f"KV_{lease.BUCKET}":
+            out.append(StreamDiff(name, "console", consumers=[
+                "the console's leader lease (manage.py collector), not part of the topology"]))
+            continue
         out.append(StreamDiff(name, "undeclared"))
     return out
 

@@ -28,6 +28,16 @@ async def test_it_applies_idempotently(fresh_nc):
     assert "replicas reduced from 3 to 1" in dl.warnings[0]
 
 
+async def test_the_consoles_own_lease_bucket_is_named_as_such_not_undeclared(fresh_nc):
+    from lucent_console.bus import lease
+
+    await topology.apply(fresh_nc)
+    await lease.ensure_bucket(fresh_nc, 5.0)
+    await js.add_stream(fresh_nc, {"name": "STRAY", "subjects": ["stray.>"]})
+    states = {d.stream: d.state for d in await topology.diff(fresh_nc)}
+    assert states["KV_LUCENT_LEADER"] == "console" and states["STRAY"] == "undeclared"
+
+
 async def test_it_reports_and_repairs_drift(fresh_nc):
     await topology.apply(fresh_nc)
     live = (await js.stream_info(fresh_nc, "COMMANDS"))["config"]

@@ -422,3 +422,23 @@ def test_the_message_browser_links_each_correlation_to_its_trace(viewer_client, 
     page = viewer_client.get("/streams/COMMANDS/?seq=1").content.decode()
     assert 'hx-trigger="submit, load"' in page and 'name="seq" inputmode="numeric"' in page
     assert 'value="1"' in page
+
+
+def test_metrics_say_how_far_the_index_is_behind_each_stream(client, collector):
+    async def publish():
+        nc = await bus(collector.url)
+        await topology.apply(nc)
+        async with indexing(nc):
+            for i in range(5):
+                job = envelope.make("Assess", f"lucent.agents.risk.assessment.{i}", {})
+                await nc.jetstream().publish(job["subject"], envelope.encode(job))
+            await _until(lambda: _count(stream="AGENT_COORDINATION") == 5)
+        for i in range(3):  # the indexer is down
+            await nc.jetstream().publish(f"lucent.agents.risk.assessment.{i}", b"{}")
+        await nc.close()
+
+    run(publish())
+    collector.wait_for(lambda s: (s["streams"].get("AGENT_COORDINATION") or {}).get("last_seq") == 8)
+    text = client.get("/metrics").content.decode()
+    assert 'lucent_trace_index_lag{stream="AGENT_COORDINATION"} 3' in text
+    assert 'lucent_trace_index_lag{stream="COMMANDS"} 0' in text
