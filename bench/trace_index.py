@@ -170,14 +170,21 @@ async def baseline(nc, n: int) -> dict:
         if got >= n:
             done.set()
 
+    from lucent_console.bus.client import sibling
+
+    # One connection per consumer, as the indexer does (two catching up on one would
+    # exceed nats-server's 64 MiB max pending: bus.client.sibling).
+    conns = [await sibling(nc, f"bench {i}") for i in range(2)]
     cpu0, t0 = time.process_time(), time.perf_counter()
-    subs = [await nc.jetstream().subscribe(subject, stream=stream, cb=cb, ordered_consumer=True)
-            for stream, subject in (("COMMANDS", "lucent.commands.>"),
-                                    ("AGENT_COORDINATION", "lucent.agents.>"))]
+    subs = [await c.jetstream().subscribe(subject, stream=stream, cb=cb, ordered_consumer=True)
+            for c, (stream, subject) in zip(conns, (("COMMANDS", "lucent.commands.>"),
+                                                    ("AGENT_COORDINATION", "lucent.agents.>")), strict=True)]
     await asyncio.wait_for(done.wait(), 600)
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     for sub in subs:
         await sub.unsubscribe()
+    for c in conns:
+        await c.close()
     return {"wall": wall, "cpu": cpu}
 
 
@@ -368,6 +375,9 @@ async def main(server, n: int, total: int) -> None:
         await sync_to_async(drop)()  # what the message_id index costs
         report(f"without the message_id index, into the {total + 3 * n:,}-row index",
                await index(nc, n, server.proc.pid), n, base, False)
+        kicked = open(server.log_path).read().count("Slow Consumer Detected")
+        print(f"slow consumers: nats-server closed {kicked} connection(s) of this run as slow "
+              f"consumers", flush=True)
     finally:
         await nc.close()
 

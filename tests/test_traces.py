@@ -226,9 +226,15 @@ async def test_under_load_a_writer_process_stores_every_row_once(fresh_nc):
     await _until(lambda: _count(correlation_id="corr-load") >= 2000, timeout=30)
     writer = idx.writer
     assert writer is not None and writer.alive and idx.writer_failures == 0
+    # Each ordered stream is read on a connection of its own, not the collector's (a
+    # reader catching up may have 32 MiB in flight: bus.client.sibling).
+    conns = [idx.connections[s] for s, ordered in indexer.STREAMS.items() if ordered]
+    assert len({id(c) for c in conns} | {id(fresh_nc)}) == len(conns) + 1
+    assert all(c.is_connected for c in conns)
     stop.set()
     await task
     assert writer.proc.poll() is not None and idx.writer is None  # stopped with the indexer
+    assert all(c.is_closed for c in conns) and not idx.connections
     await sync_to_async(_exactly_once)("corr-load", 1000)
     cursor = await sync_to_async(Cursor.objects.get)(stream="AGENT_COORDINATION")
     assert cursor.last_seq == 1000

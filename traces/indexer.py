@@ -9,7 +9,8 @@ Started by the collector beside the dead-letter capture::
 Steps, and what happens if it stops halfway:
 
 1. Read the resume points (``Cursor``). Follow COMMANDS, AGENT_COORDINATION and
-   DEAD_LETTERS with ordered consumers from ``last_seq + 1`` (so a restart catches
+   DEAD_LETTERS with ordered consumers (each on a bus connection of its own, see
+   ``bus.client.sibling``) from ``last_seq + 1`` (so a restart catches
    up on what was published meanwhile); DOMAIN_EVENTS (interest) and HIERARCHY
    (work queue) with core subscriptions, live only (see ``lucent_console.bus.tail``
    for why a consumer there would change the stream).
@@ -49,7 +50,7 @@ from nats.aio.client import Client
 from lucent_console.bus import deadletters as dl
 from lucent_console.bus import envelope, tail
 from lucent_console.bus import jetstream as js
-from lucent_console.bus.client import backoff_delay
+from lucent_console.bus.client import backoff_delay, sibling
 from lucent_console.helper import Helper, HelperError, HelperGone
 
 from .models import Cursor, EnvelopeRecord
@@ -222,6 +223,7 @@ class Indexer:
         self.last: dict[str, int] = {}  # stream -> last seq read (stored or in self.rows)
         self.behind: set[str] = set()  # ordered streams stopped until the backlog is written
         self.following: set[str] = set()  # streams subscribed to right now
+        self.connections: dict[str, Client] = {}  # ordered stream -> its own bus connection
         self.full = asyncio.Event()
         self.stored = self.dropped = 0
 
@@ -250,13 +252,17 @@ class Indexer:
         """Keep one stream followed: (re)subscribe after errors or a backlog."""
         attempt = 0
         while not stop.is_set():
-            subs = []
+            subs, conn = [], None
             try:
                 cb = self.callback(stream, ordered)
                 if ordered:
-                    start = await tail.resume_from(self.nc, stream, self.last.get(stream, 0) + 1)
+                    # A connection of its own: catching up, it may have 32 MiB in flight
+                    # (see bus.client.sibling), which must not close the collector's.
+                    conn = await sibling(self.nc, f"trace-index {stream}")
+                    self.connections[stream] = conn
+                    start = await tail.resume_from(conn, stream, self.last.get(stream, 0) + 1)
                     self.last[stream] = start - 1
-                    subs = [await tail.ordered(self.nc, stream, start, cb)]
+                    subs = [await tail.ordered(conn, stream, start, cb)]
                 else:
                     subs = await tail.live(self.nc, stream, cb)
                 attempt = 0
@@ -272,6 +278,12 @@ class Indexer:
                 for sub in subs:
                     try:
                         await sub.unsubscribe()
+                    except Exception:
+                        pass
+                if conn is not None:
+                    self.connections.pop(stream, None)
+                    try:
+                        await conn.close()
                     except Exception:
                         pass
             while stream in self.behind and not stop.is_set():

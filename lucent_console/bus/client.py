@@ -152,7 +152,19 @@ async def connect(
         state.disconnected_since = None
         log.info("%s: connected to the bus at %s", name, where)
         holder.append(nc)
+        nc.lucent_config = config  # for sibling()
         return nc
+
+
+async def sibling(nc: Client, name: str) -> Client:
+    """Another connection to the bus ``nc`` is on, with the same configuration.
+
+    For a reader that may fall far behind: nats-server lets each flow-controlled
+    consumer have up to 32 MiB in flight and closes a connection with more than
+    64 MiB waiting for it (a slow consumer), so two such readers catching up on one
+    connection get it closed, and with it everything else that uses it.
+    """
+    return await connect(name, getattr(nc, "lucent_config", None), retry_initial=False)
 
 
 class SharedClient:
