@@ -52,7 +52,9 @@ class Helper:
         from django.conf import settings
         from django.db import connection
 
-        env = {**os.environ, "LUCENT_HELPER_DB": str(connection.settings_dict["NAME"])}
+        env = dict(os.environ)
+        if connection.settings_dict.get("NAME"):
+            env["LUCENT_HELPER_DB"] = str(connection.settings_dict["NAME"])
         try:
             proc = subprocess.Popen([sys.executable, "-c", cls.CODE, target or cls.TARGET],
                                     cwd=settings.BASE_DIR, env=env,
@@ -75,7 +77,10 @@ class Helper:
         # Pickled whole, then one write: pickling into the pipe would write it in
         # pieces, each giving up the GIL and waiting to get it back from the
         # caller's busy event loop.
-        data = pickle.dumps(args, protocol=pickle.HIGHEST_PROTOCOL)
+        try:
+            data = pickle.dumps(args, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:  # nothing was written: the pipe is still in step
+            raise HelperError(f"cannot send {type(exc).__name__}: {exc}") from None
         try:
             self.proc.stdin.write(data)
             self.proc.stdin.flush()
@@ -107,6 +112,14 @@ class Helper:
         except (OSError, subprocess.TimeoutExpired):
             self.proc.kill()
             self.proc.wait()
+        self.proc.stdout.close()
+
+    def kill(self) -> None:
+        """End it now, whatever it is doing (a call whose exchange was interrupted
+        leaves the pipes out of step). Whether that call took effect is unknown."""
+        self.alive = False
+        self.proc.kill()
+        self.proc.wait()
 
 
 def serve(target: str, out) -> None:
@@ -128,7 +141,7 @@ def serve(target: str, out) -> None:
         try:
             reply = ("ok", handler(*args))
         except Exception as exc:
-            reply = ("error", f"{type(exc).__name__}: {exc}")
+            reply = ("error", f"{type(exc).__name__}: {exc}"[:2000])  # fits the pipe
         pickle.dump(reply, out, protocol=pickle.HIGHEST_PROTOCOL)
         out.flush()
     close = getattr(handler, "close", None)

@@ -152,31 +152,37 @@ def store(rows: list[tuple], token: int | None = None, after: int | None = None)
     ``token`` names the batch: if one of the last two batches stored had it (a
     writer process died after committing it, before saying so), nothing is inserted
     again. ``after``: the token of the batch that must have been stored before this
-    one (``OutOfOrder`` if it was not). One INSERT run by ``executemany``:
-    ``bulk_create`` cost 2.4 times as much, multi-row INSERTs 1.5 times as much
-    here (bench/trace_index.py; a 1 M-row index, 2026-11-27).
+    one (``OutOfOrder`` if it was not). Rows of an ordered stream at or below its
+    resume point are already stored (another indexer, during a leader handover)
+    and are skipped. One INSERT run by ``executemany``: ``bulk_create`` cost 2.4
+    times as much, multi-row INSERTs 1.5 times as much here (bench/trace_index.py;
+    a 1 M-row index, 2026-11-27).
     """
     upto = {r[0]: r[1] for r in rows if r[1] is not None}  # ordered streams: rising seqs
     ops = connection.ops
     now = ops.adapt_datetimefield_value(datetime.now(UTC))
-    params = [(*r[:8], ops.adapt_datetimefield_value(r[8]), r[9], r[10], now) for r in rows]
     with transaction.atomic():
+        points = dict(Cursor.objects.select_for_update()
+                      .filter(stream__in=[*upto, BATCH, BATCH_BEFORE])
+                      .values_list("stream", "last_seq"))
         if token is not None:
-            seen = dict(Cursor.objects.filter(stream__in=(BATCH, BATCH_BEFORE))
-                        .values_list("stream", "last_seq"))
-            if token in seen.values():
+            if token in (points.get(BATCH), points.get(BATCH_BEFORE)):
                 return 0
-            if after is not None and seen.get(BATCH) != after:
+            if after is not None and points.get(BATCH) != after:
                 raise OutOfOrder("the batch before this one was not stored")
-            if BATCH in seen:
+            if BATCH in points:
                 Cursor.objects.update_or_create(stream=BATCH_BEFORE,
-                                                defaults={"last_seq": seen[BATCH]})
+                                                defaults={"last_seq": points[BATCH]})
             Cursor.objects.update_or_create(stream=BATCH, defaults={"last_seq": token})
-        with connection.cursor() as cursor:
-            cursor.executemany(INSERT, params)
+        params = [(*r[:8], ops.adapt_datetimefield_value(r[8]), r[9], r[10], now) for r in rows
+                  if r[1] is None or r[1] > points.get(r[0], 0)]
+        if params:
+            with connection.cursor() as cursor:
+                cursor.executemany(INSERT, params)
         for stream, seq in upto.items():
-            Cursor.objects.update_or_create(stream=stream, defaults={"last_seq": seq})
-    return len(rows)
+            if seq > points.get(stream, 0):
+                Cursor.objects.update_or_create(stream=stream, defaults={"last_seq": seq})
+    return len(params)
 
 
 class OutOfOrder(Exception):
@@ -217,7 +223,8 @@ class Indexer:
         # Rows waiting at a flush from which writes move to a Writer process (None: never)
         self.spawn_at = spawn_at
         self.writer: Writer | None = None
-        self.sent: deque[tuple[list[tuple], int]] = deque()  # batches in the writer's pipe
+        self.sent: deque[tuple[list[tuple], int]] = deque()  # batches in flight, oldest first
+        self.owed = 0  # replies the writer owes (== len(sent) unless something went wrong)
         self.writer_failures = 0
         self.rows: list[tuple] = []
         self.last: dict[str, int] = {}  # stream -> last seq read (stored or in self.rows)
@@ -305,31 +312,82 @@ class Indexer:
         """
         if not self.rows and not self.sent:
             return 0
+        if self.owed != len(self.sent):  # a writer died or was killed with batches in flight
+            return await self.rewrite(attempts)
         await self.spawn(len(self.rows))
-        if self.writer is None and not self.sent:
+        if self.writer is None:
             rows, self.rows = self.rows[:self.max_batch], self.rows[self.max_batch:]
             await self.retrying(rows, secrets.randbits(63), attempts)
             return len(rows)
         try:
-            while self.writer is not None and len(self.sent) < 2 and self.rows:
+            while len(self.sent) < 2 and self.rows:
                 rows, self.rows = self.rows[:self.max_batch], self.rows[self.max_batch:]
                 token, after = secrets.randbits(63), self.sent[-1][1] if self.sent else None
-                self.sent.append((rows, token))
-                await asyncio.to_thread(self.writer.send, rows, token, after)
-            if self.writer is None:
-                raise HelperGone("writer process gone")
-            await asyncio.to_thread(self.writer.receive)
+                self.sent.append((rows, token))  # from here on, written again by token if need be
+                await self.exchange(self.writer.send, rows, token, after)
+                self.owed += 1
+            await self.receive()
             rows, _ = self.sent.popleft()
             self.stored += len(rows)
+            self.writer_failures = 0
             return len(rows)
         except HelperError as exc:
             log.warning("traces: writer process: %s; writing %d batches again", exc,
                         len(self.sent))
-            await self.drain()
-        pending, self.sent = list(self.sent), deque()
-        for rows, token in pending:
+        return await self.rewrite(attempts)
+
+    async def rewrite(self, attempts: int | None) -> int:
+        """The batches that were in flight, one at a time, oldest first."""
+        await self.drain()
+        n = 0
+        while self.sent:
+            rows, token = self.sent[0]
             await self.retrying(rows, token, attempts)
-        return sum(len(rows) for rows, _ in pending)
+            self.sent.popleft()
+            n += len(rows)
+        return n
+
+    async def exchange(self, fn, *args):
+        """One step of talking to the writer (``send``, ``receive``, ``call``) in a
+        thread. Anything but the writer's own error, a cancellation included, leaves
+        its pipes out of step: the writer is killed, and what it was sent is written
+        again by token."""
+        writer = self.writer
+        try:
+            return await asyncio.to_thread(fn, *args)
+        except HelperError:
+            raise
+        except BaseException:
+            if self.writer is writer:
+                self.writer, self.owed = None, 0
+            writer.kill()
+            raise
+
+    async def receive(self):
+        """The writer's reply to the oldest batch it owes one for."""
+        try:
+            result = await self.exchange(self.writer.receive)
+        except HelperGone:
+            raise
+        except HelperError:
+            self.owed -= 1  # a reply, saying that batch failed
+            raise
+        self.owed -= 1
+        return result
+
+    async def drain(self) -> None:
+        """Read the replies the writer still owes (after an error, each refuses its
+        batch, as the one before failed); a writer process that died is let go."""
+        while self.owed and self.writer is not None and self.writer.alive:
+            try:
+                await self.receive()
+            except HelperError:
+                pass
+        if self.writer is not None and not self.writer.alive:
+            writer, self.writer, self.owed = self.writer, None, 0
+            self.writer_failures += 1
+            await asyncio.to_thread(writer.stop)
+        self.owed = 0 if self.writer is None else self.owed
 
     async def retrying(self, rows: list[tuple], token: int, attempts: int | None) -> None:
         attempt = 0
@@ -355,7 +413,7 @@ class Indexer:
             await sync_to_async(store)(rows, token)
             return
         try:
-            await asyncio.to_thread(self.writer.call, rows, token, None)
+            await self.exchange(self.writer.call, rows, token, None)
         except HelperGone:
             await self.drain()
             raise
@@ -363,7 +421,8 @@ class Indexer:
     async def spawn(self, waiting: int) -> None:
         """Start a Writer process once ``spawn_at`` rows wait (the bus loop and SQLite
         then stop taking turns at one GIL: bench/trace_index.py). A writer that dies
-        is replaced; after three that would not start or died, writes stay here."""
+        is replaced; after three in a row that would not start or died, writes stay
+        here."""
         if self.writer is not None or self.spawn_at is None or waiting < self.spawn_at \
                 or self.writer_failures >= 3 or not _shareable_database():
             return
@@ -373,24 +432,9 @@ class Indexer:
         else:
             log.info("traces: %d rows waiting, writing from process %d", waiting, self.writer.pid)
 
-    async def drain(self) -> None:
-        """After an error: read the replies still owed for batches in flight (each is
-        refused, as the one before it failed); a writer process that died is let go."""
-        for _ in range(max(0, len(self.sent) - 1)):
-            if self.writer is None or not self.writer.alive:
-                break
-            try:
-                await asyncio.to_thread(self.writer.receive)
-            except HelperError:
-                pass
-        if self.writer is not None and not self.writer.alive:
-            writer, self.writer = self.writer, None
-            self.writer_failures += 1
-            await asyncio.to_thread(writer.stop)
-
     async def close_writer(self) -> None:
         if self.writer is not None:
-            writer, self.writer = self.writer, None
+            writer, self.writer, self.owed = self.writer, None, 0
             await asyncio.to_thread(writer.stop)
 
     async def run(self, stop: asyncio.Event) -> None:
