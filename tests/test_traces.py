@@ -29,9 +29,9 @@ XSS = "<script>alert(1)</script>"
 
 
 @contextlib.asynccontextmanager
-async def indexing(nc):
+async def indexing(nc, **options):
     """The indexer running on the test's loop, subscribed to every stream."""
-    idx = indexer.Indexer(nc, every=0.05)
+    idx = indexer.Indexer(nc, **{"every": 0.05, **options})
     stop = asyncio.Event()
     task = asyncio.create_task(idx.run(stop))
     await _until(lambda: len(idx.following) == len(indexer.STREAMS))
@@ -224,21 +224,16 @@ def _exactly_once(cid: str, n: int) -> None:
 
 async def test_under_load_a_writer_process_stores_every_row_once(fresh_nc):
     await topology.apply(fresh_nc)
-    idx = indexer.Indexer(fresh_nc, every=0.05, max_batch=150, spawn_at=1)
-    stop = asyncio.Event()
-    task = asyncio.create_task(idx.run(stop))
-    await _until(lambda: len(idx.following) == len(indexer.STREAMS))
-    await _jobs_and_events(fresh_nc, 1000, "corr-load")
-    await _until(lambda: _count(correlation_id="corr-load") >= 2000, timeout=30)
-    writer = idx.writer
-    assert writer is not None and writer.alive and idx.writer_failures == 0
-    # Each ordered stream is read on a connection of its own, not the collector's (a
-    # reader catching up may have 32 MiB in flight: bus.client.sibling).
-    conns = [idx.connections[s] for s, ordered in indexer.STREAMS.items() if ordered]
-    assert len({id(c) for c in conns} | {id(fresh_nc)}) == len(conns) + 1
-    assert all(c.is_connected for c in conns)
-    stop.set()
-    await task
+    async with indexing(fresh_nc, max_batch=150, spawn_at=1) as idx:
+        await _jobs_and_events(fresh_nc, 1000, "corr-load")
+        await _until(lambda: _count(correlation_id="corr-load") >= 2000, timeout=30)
+        writer = idx.writer
+        assert writer is not None and writer.alive and idx.writer_failures == 0
+        # Each ordered stream is read on a connection of its own, not the collector's (a
+        # reader catching up may have 32 MiB in flight: bus.client.sibling).
+        conns = [idx.connections[s] for s, ordered in indexer.STREAMS.items() if ordered]
+        assert len({id(c) for c in conns} | {id(fresh_nc)}) == len(conns) + 1
+        assert all(c.is_connected for c in conns)
     assert writer.proc.poll() is not None and idx.writer is None  # stopped with the indexer
     assert all(c.is_closed for c in conns) and not idx.connections
     await sync_to_async(_exactly_once)("corr-load", 1000)
@@ -254,17 +249,12 @@ async def test_a_writer_process_that_dies_after_storing_loses_nothing_and_stores
     await topology.apply(fresh_nc)
     monkeypatch.setenv("LUCENT_TEST_WRITER_DIES", str(tmp_path / "died"))
     monkeypatch.setattr(indexer.Writer, "TARGET", "tests.support:writer_that_dies_once")
-    idx = indexer.Indexer(fresh_nc, every=0.05, max_batch=100, spawn_at=1)
-    stop = asyncio.Event()
-    task = asyncio.create_task(idx.run(stop))
-    await _until(lambda: len(idx.following) == len(indexer.STREAMS))
-    await _jobs_and_events(fresh_nc, 600, "corr-die")
-    await _until(lambda: _count(correlation_id="corr-die") >= 1200, timeout=30)
-    assert (tmp_path / "died").exists()  # the first writer died after storing a batch
-    assert idx.writer is not None and idx.writer.alive  # its successor
-    await asyncio.sleep(0.3)  # anything stored twice would be there now
-    stop.set()
-    await task
+    async with indexing(fresh_nc, max_batch=100, spawn_at=1) as idx:
+        await _jobs_and_events(fresh_nc, 600, "corr-die")
+        await _until(lambda: _count(correlation_id="corr-die") >= 1200, timeout=30)
+        assert (tmp_path / "died").exists()  # the first writer died after storing a batch
+        assert idx.writer is not None and idx.writer.alive  # its successor
+        await asyncio.sleep(0.3)  # anything stored twice would be there now
     await sync_to_async(_exactly_once)("corr-die", 600)
 
 
