@@ -30,7 +30,19 @@ from streams import snapshot as snap
 from streams import topology
 
 from .conftest import bus
-from .support import CHROMIUM, CHROMIUM_ARGS, PASSWORD, ROOT, Process, chromium_or_skip, login, procfile
+from .support import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    PASSWORD,
+    ROOT,
+    Process,
+    alive,
+    chromium_or_skip,
+    cmdline,
+    descendants,
+    login,
+    procfile,
+)
 
 FAILOVER_LIMIT_S = 10.0
 
@@ -158,6 +170,42 @@ def test_two_collectors_elect_one_and_the_standby_takes_over_within_10s(sqlite_e
             if p is not None:
                 p.stop()
         deltas.close()
+
+
+def _celery_beats(pid: int) -> list[int]:
+    return [p for p in descendants(pid) if "celery" in cmdline(p) and " beat" in cmdline(p)]
+
+
+def test_two_beats_elect_one_and_a_killed_leaders_beat_dies_with_it(sqlite_env, nats, tmp_path):
+    """Periodic tasks are scheduled by one celery beat in the deployment: the elected
+    ``manage.py beat`` runs it; killed with -9, its beat dies too (not left running
+    beside the next one) and the standby starts its own."""
+    env = {**sqlite_env, "NATS_URL": nats.url, "LUCENT_LEADER_TTL": "2"}
+    # Each with a schedule file of its own, as on two machines.
+    first = Process("beat-1", f"{procfile()['beat']} --schedule {tmp_path / 'one'}", env)
+    second = None
+    try:
+        first.wait_for("is the leader", 30)
+        second = Process("beat-2", f"{procfile()['beat']} --schedule {tmp_path / 'two'}", env)
+        second.wait_for("standby; the leader is", 30)
+        deadline = time.monotonic() + 20
+        while not _celery_beats(first.proc.pid):
+            assert time.monotonic() < deadline, "the leader started no celery beat"
+            time.sleep(0.1)
+        old = _celery_beats(first.proc.pid)
+        assert len(old) == 1 and _celery_beats(second.proc.pid) == []
+
+        os.kill(first.proc.pid, signal.SIGKILL)  # manage.py beat alone, not its group
+        second.wait_for("is the leader", 15)
+        deadline = time.monotonic() + 20
+        while alive(old[0]) or len(_celery_beats(second.proc.pid)) != 1:
+            assert time.monotonic() < deadline, (alive(old[0]), _celery_beats(second.proc.pid))
+            time.sleep(0.1)
+    finally:
+        for p in (first, second):
+            if p is not None:
+                p.stop()
+    assert not alive(old[0])
 
 
 # ------------------------------------------------------------------ PostgreSQL + Redis
