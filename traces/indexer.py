@@ -355,7 +355,7 @@ class Indexer:
         writer = self.writer
         try:
             return await asyncio.to_thread(fn, *args)
-        except HelperError:
+        except HelperError:  # its own error (HelperGone too): the writer is let go by drain
             raise
         except BaseException:
             if self.writer is writer:
@@ -387,7 +387,6 @@ class Indexer:
             writer, self.writer, self.owed = self.writer, None, 0
             self.writer_failures += 1
             await asyncio.to_thread(writer.stop)
-        self.owed = 0 if self.writer is None else self.owed
 
     async def retrying(self, rows: list[tuple], token: int, attempts: int | None) -> None:
         attempt = 0
