@@ -33,7 +33,13 @@ class DeadLetter(models.Model):
     NEW, REPLAYED, PURGED = "new", "replayed", "purged"
     STATUSES = [(NEW, "new"), (REPLAYED, "replayed"), (PURGED, "purged")]
 
-    dl_seq = models.BigIntegerField(unique=True)
+    dl_seq = models.BigIntegerField()
+    # Which DEAD_LETTERS this row came from (the stream's ``created`` time): a stream
+    # deleted and declared again, another bus or a restored backup counts from 1 again,
+    # so (generation, dl_seq) is the key, never dl_seq alone.
+    generation = models.CharField(max_length=64, default="", blank=True)
+    digest = models.CharField(max_length=40, blank=True)  # of subject+headers+payload: a conflict check
+    malformed = models.CharField(max_length=256, blank=True)  # header fields that could not be read
     dl_subject = models.CharField(max_length=512)
     stream = models.CharField(max_length=256, db_index=True)
     stream_seq = models.BigIntegerField(null=True)
@@ -59,6 +65,8 @@ class DeadLetter(models.Model):
         ordering = ["-captured_at", "-dl_seq"]
         # Each filter's index also serves the page's order, so a page of 50 does not
         # sort every match first (bench/deadletter_search.py).
+        constraints = [models.UniqueConstraint(fields=["generation", "dl_seq"],
+                                               name="deadletter_generation_seq")]
         indexes = [models.Index(fields=["stream", "consumer", "-captured_at", "-dl_seq"]),
                    models.Index(fields=["correlation_id", "-captured_at", "-dl_seq"]),
                    models.Index(fields=["status", "captured_at"])]
@@ -82,6 +90,11 @@ class Job(models.Model):
     last_id = models.BigIntegerField(default=0)  # checkpoint: dead letters up to here are handled
     error = models.TextField(blank=True)
     cancel_requested = models.BooleanField(default=False)
+    # The runner's lease: a runner renews it while it works; a job whose lease ran out
+    # (runner killed) is taken over by another (``Job.claim``), never run by two at once.
+    lease_owner = models.CharField(max_length=128, blank=True)
+    lease_until = models.DateTimeField(null=True)
+    unknown = models.IntegerField(default=0)  # letters whose outcome an operator must decide
     created_by = models.ForeignKey("auth.User", null=True, on_delete=models.SET_NULL)
     created_at = models.DateTimeField(auto_now_add=True)
     finished_at = models.DateTimeField(null=True)
@@ -100,6 +113,37 @@ class Replay(models.Model):
     subject = models.CharField(max_length=512)
     msg_id = models.CharField(max_length=256)
     stream = models.CharField(max_length=256)
-    seq = models.BigIntegerField()
+    seq = models.BigIntegerField(null=True)  # the PubAck's; null while publishing / unknown
     duplicate = models.BooleanField(default=False)
     at = models.DateTimeField(auto_now_add=True)
+    # A job's letter is recorded PUBLISHING (with the target stream's last sequence before
+    # the publish) before it is sent, so a resumed job can look for it in the target stream
+    # instead of trusting the duplicate window; UNKNOWN when the target cannot be checked.
+    PUBLISHING, PUBLISHED, UNKNOWN = "publishing", "published", "unknown"
+    state = models.CharField(max_length=16, default=PUBLISHED,
+                             choices=[(s, s) for s in (PUBLISHING, PUBLISHED, UNKNOWN)])
+    target_seq_before = models.BigIntegerField(null=True)
+    generation = models.CharField(max_length=64, blank=True)  # the dead letter's DEAD_LETTERS
+
+    class Meta:
+        indexes = [models.Index(fields=["job", "state"])]
+
+
+class Quarantined(models.Model):
+    """A message a pipeline could not store even with its bad fields emptied: set aside
+    with the reason, counted on /metrics and noted on its page, so the pipeline moves on
+    and nothing is dropped silently."""
+
+    pipeline = models.CharField(max_length=32)  # deadletter-index | trace-index | ...
+    stream = models.CharField(max_length=256)
+    generation = models.CharField(max_length=64, blank=True)
+    seq = models.BigIntegerField(null=True)
+    subject = models.CharField(max_length=512, blank=True)
+    reason = models.TextField()
+    headers = models.JSONField(default=dict, blank=True)
+    payload_size = models.IntegerField(default=0)
+    at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["pipeline", "stream", "generation", "seq"],
+                                               name="quarantined_once")]

@@ -78,3 +78,10 @@ def parse_subject(subject: str) -> tuple[str, str]:
     stream = tokens[2] if len(tokens) > 2 else ""
     consumer = ".".join(tokens[3:]) if len(tokens) > 3 else ""
     return stream, consumer
+
+
+def generation(stream_info: dict) -> str:
+    """A stream's generation: its ``created`` time. A stream deleted and declared again,
+    another bus or a restore counts its sequences from 1 again under a new one, so
+    anything keyed by a stream sequence keeps this next to it."""
+    return str(stream_info.get("created") or "")[:64]
