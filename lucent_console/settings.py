@@ -132,8 +132,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     }
     # Tests too use a file, not SQLite's shared in-memory database: there, a thread
     # (the collector's, in tests) that meets another's write fails at once ("table is
-    # locked") instead of waiting for the busy timeout.
-    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test-console.sqlite3")}
+    # locked") instead of waiting for the busy timeout. One file per test run (pid), so
+    # that two runs at once on one machine do not share, and break, one database.
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / f"test-console-{os.getpid()}.sqlite3")}
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_PASSWORD_VALIDATORS = [
@@ -190,6 +191,8 @@ CELERY_BEAT_SCHEDULE = {
     "sample-history": {"task": "streams.tasks.sample_history", "schedule": 10.0},
     "rollup-history": {"task": "streams.tasks.rollup_history", "schedule": 60.0},
     "prune-traces": {"task": "traces.tasks.prune_traces", "schedule": 3600.0},
+    # Jobs whose runner died (lease run out) or that no worker took are queued again.
+    "resume-jobs": {"task": "streams.tasks.resume_jobs", "schedule": 5.0},
 }
 
 REST_FRAMEWORK = {
@@ -244,3 +247,9 @@ except ValueError:
 
 # Run dead-letter jobs in the request instead of Celery (tests; a one-process setup).
 LUCENT_JOBS_INLINE = envbool("LUCENT_JOBS_INLINE", "0")
+
+# Seconds a job runner's lease lasts unrenewed: how soon a job whose worker died is
+# resumed by another (beat looks every 5 s). Renewed every third of it.
+LUCENT_JOB_LEASE_S = envint("LUCENT_JOB_LEASE_S", "10")
+if LUCENT_JOB_LEASE_S < 2:
+    raise ImproperlyConfigured(f"LUCENT_JOB_LEASE_S={LUCENT_JOB_LEASE_S} must be at least 2 (seconds)")
