@@ -26,10 +26,13 @@ async def bus_status(timeout: float = 2.0) -> dict:
     out = {"ok": False, **described}
     try:
         nc = await asyncio.wait_for(web_client.get(timeout), timeout + 1)
-        if not nc.is_connected:
-            since = web_client.state.disconnected_since
+        if not nc.is_connected or getattr(nc, "unanswered_since", None):
+            # Said at once from what the connection's watchdog knows: a frozen server
+            # would otherwise hold every /healthz for the flush timeout below.
+            since = nc.unanswered_since if nc.is_connected else web_client.state.disconnected_since
             away = f" for {time.time() - since:.0f}s" if since else ""
-            out["error"] = f"bus unreachable{away}: reconnecting to {', '.join(described['servers'])}"
+            doing = "reconnecting to" if not nc.is_connected else "no answer from"
+            out["error"] = f"bus unreachable{away}: {doing} {', '.join(described['servers'])}"
             return out
         await nc.flush(timeout=timeout)
         info = await js.account_info(nc)

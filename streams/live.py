@@ -28,6 +28,7 @@ from . import snapshot as snap
 
 log = logging.getLogger("lucent.live")
 SPARK_POINTS = 60
+REFRESH_STALE_S = 3.0  # while the data is stale and the bus answers, ask for it this often
 
 
 class Relay:
@@ -42,6 +43,8 @@ class Relay:
         self.alerts_version = 0  # alert transitions seen (consumers cache the alert lists by it)
         self.alerts_cache: dict = {}
         self._render_seq = None
+        self._generation = 0  # of web_client's connection the subscriptions are on
+        self._refreshed_at = 0.0
 
     # ------------------------------------------------------------ lifecycle
 
@@ -56,16 +59,22 @@ class Relay:
         async with self._lock:
             if self._loop is loop:
                 return
-            nc = await web_client.get()
-            await live.subscribe_deltas(nc, self.on_delta)
-            await nc.subscribe("lucent.console.live.deadletters", cb=self.on_deadletters)
-            await nc.subscribe("lucent.console.live.services", cb=self.on_service_event)
-            await nc.subscribe("lucent.console.live.alerts", cb=self.on_alerts)
+            await self._subscribe(await web_client.get())
             self._loop = loop
             await self.refresh()
             loop.create_task(self._watch(loop))
 
+    async def _subscribe(self, nc) -> None:
+        # nats-py carries subscriptions over its own reconnects; a connection the
+        # watchdog replaced is a new one (``web_client.generation``) and needs them again.
+        self._generation = web_client.generation()
+        await live.subscribe_deltas(nc, self.on_delta)
+        await nc.subscribe("lucent.console.live.deadletters", cb=self.on_deadletters)
+        await nc.subscribe("lucent.console.live.services", cb=self.on_service_event)
+        await nc.subscribe("lucent.console.live.alerts", cb=self.on_alerts)
+
     async def refresh(self) -> bool:
+        self._refreshed_at = time.monotonic()
         try:
             nc = await web_client.get()
             self._set(await live.fetch_full(nc, timeout=3))
@@ -76,10 +85,16 @@ class Relay:
 
     async def _watch(self, loop) -> None:
         """Tell the sockets when the data goes stale (or fresh) with no delta to say it:
-        a bus that is down carries no deltas."""
+        a bus that is down carries no deltas. Also subscribe again on a replaced
+        connection, and ask for the whole snapshot while the data is stale and the bus
+        answers (deltas resume only when the collector sweeps again)."""
         last = None
         while self._loop is loop:
-            await asyncio.sleep(max(0.5, settings.LUCENT_SWEEP_INTERVAL))
+            await asyncio.sleep(max(0.5, min(1.0, settings.LUCENT_SWEEP_INTERVAL)))
+            try:
+                await self._recover()
+            except Exception as exc:
+                log.debug("relay: not recovered yet: %s", exc)
             status = self.status()
             shown = (status["ok"], status["error"], round(status["age_s"] or 0) if not status["ok"] else 0)
             if shown != last:
@@ -89,6 +104,16 @@ class Relay:
                     await layer.group_send(self.group, {"type": "snapshot.updated", "changed": {
                         "full": False, "streams": [], "consumers": [], "membership": False,
                         "status_only": True}})
+
+    async def _recover(self) -> None:
+        if web_client.unreachable() is not None or web_client.current() is None:
+            return
+        if web_client.generation() != self._generation:
+            log.info("relay: subscribing again on a new bus connection")
+            await self._subscribe(await web_client.get())
+            await self.refresh()
+        elif not self.status()["ok"] and time.monotonic() - self._refreshed_at > REFRESH_STALE_S:
+            await self.refresh()
 
     # ------------------------------------------------------------ updates
 
@@ -146,6 +171,11 @@ class Relay:
         error = s.get("error")
         if silent:
             error = error or "the collector has sent nothing for a while"
+        # Our own connection cannot reach the bus: whatever the last snapshot said, it is
+        # stale from now on, and pages say so at once rather than after the silence above.
+        away = web_client.unreachable(self._loop) if self._loop is not None else None
+        if away:
+            error, silent = away, True
         return {"ok": bool(s.get("ok")) and not silent, "error": error,
                 "age_s": round(age, 1) if age is not None else None,
                 "sweep_ms": s.get("sweep_ms"), "seq": s.get("seq"), "server": s.get("server", {})}

@@ -251,3 +251,32 @@ def writer_that_dies_once():
         return stored
 
     return dies_once
+
+
+def wait_until(check, timeout: float = 10.0, what: str = "", every: float = 0.05):
+    """Poll ``check()`` until it returns something true; that value. AssertionError,
+    naming ``what``, after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"never happened within {timeout}s: {what}")
+        time.sleep(every)
+
+
+def freeze(server) -> None:
+    """SIGSTOP a nats-server (``embedded.Server``): its sockets stay open, nothing answers."""
+    os.kill(server.proc.pid, signal.SIGSTOP)
+
+
+def thaw(server) -> None:
+    os.kill(server.proc.pid, signal.SIGCONT)
+
+
+def crash_and_restart(server) -> None:
+    """kill -9 a nats-server and start it again on the same port and store."""
+    server.proc.kill()
+    server.proc.wait()
+    server.start().wait()

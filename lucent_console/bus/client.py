@@ -7,6 +7,7 @@ import logging
 import random
 import time
 
+from nats import errors
 from nats.aio.client import Client
 
 from .config import BusConfig
@@ -14,6 +15,10 @@ from .config import BusConfig
 log = logging.getLogger("lucent.bus")
 
 MAX_BACKOFF = 3.0  # an on-call console should be back within seconds of its bus
+# A frozen server (SIGSTOP, a hung VM) keeps its sockets open: only unanswered pings
+# tell. nats-py's defaults (120 s x 2) took minutes; 2 s x 2 declares it stale in ~6 s.
+PING_INTERVAL_S = 2
+MAX_OUTSTANDING_PINGS = 2
 
 
 def backoff_delay(attempt: int, base: float = 0.25, cap: float = MAX_BACKOFF) -> float:
@@ -29,10 +34,41 @@ class LucentClient(Client):
     size seen by ``jetstream.cluster_size`` follows the cluster as it forms.
     """
 
+    # Connected as far as the socket knows, but the server stopped answering pings
+    # (frozen): set by SharedClient's watchdog, so that pages say so at once rather
+    # than when nats-py gives up on the connection.
+    unanswered_since: float | None = None
+
     async def _process_info(self, info, initial_connection=False):
         await super()._process_info(info, initial_connection)
         if not initial_connection and info.get("connect_urls"):
             self._server_info["connect_urls"] = info["connect_urls"]
+
+    async def _process_pong(self) -> None:
+        # A ping whose waiter gave up (flush(timeout) against a frozen server) stays
+        # queued with a cancelled future; its pong comes after the server resumes, and
+        # nats-py's set_result on it raised InvalidStateError, which ended the read loop
+        # while the client still said "connected" (issue 11). One pong per ping, in order:
+        # drop the abandoned one.
+        if self._pongs:
+            future = self._pongs.pop(0)
+            if not future.done():
+                future.set_result(True)
+            self._pongs_received += 1
+            self._pings_outstanding = 0
+
+    async def _read_loop(self) -> None:
+        await super()._read_loop()
+        # nats-py's loop ends quietly on an unexpected error and leaves the status
+        # CONNECTED: nothing would be read again until the pings ran out. Reconnect now.
+        if self.is_connected:
+            log.warning("bus: the read loop ended on a live connection; reconnecting")
+            asyncio.get_running_loop().create_task(
+                self._process_op_err(errors.StaleConnectionError()))
+
+    @property
+    def read_loop_alive(self) -> bool:
+        return self._reading_task is not None and not self._reading_task.done()
 
     @staticmethod
     def _parse_header_lines(raw: bytes) -> dict[str, str]:
@@ -128,6 +164,8 @@ async def connect(
                 reconnect_time_wait=0.5,
                 reconnect_to_server_handler=_pick_server,
                 connect_timeout=connect_timeout,
+                ping_interval=PING_INTERVAL_S,
+                max_outstanding_pings=MAX_OUTSTANDING_PINGS,
                 # nats-py would retry a failed *first* connect forever; this loop
                 # does it instead, with backoff and a way out. Once connected,
                 # reconnects are unlimited.
@@ -173,13 +211,38 @@ class SharedClient:
     Under ASGI there is one loop and so one connection shared by every request;
     code run by ``async_to_sync`` elsewhere (tests, management commands) gets
     its own, tied to its own loop.
+
+    A watchdog per loop probes the connection every ``CHECK_S``: a server that stops
+    answering is marked unreachable at once (``nc.unanswered_since``) and, after
+    ``PROBES_BEFORE_RECONNECT`` silent probes, dropped for a reconnect (nats-py keeps
+    the subscriptions across it); a connection that cannot recover by itself (closed,
+    or its reconnect task gone) is replaced by a new one, and ``generation(loop)``
+    changes so that holders of subscriptions (the relay) subscribe again.
     """
+
+    CHECK_S = 1.0
+    PROBE_TIMEOUT_S = 1.5
+    PROBES_BEFORE_RECONNECT = 2
+    STUCK_AFTER_S = 15.0  # not connected and no reconnect under way this long: replace
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.state = BusState()
         self._clients: dict[int, tuple[asyncio.AbstractEventLoop, Client, list[str]]] = {}
         self._locks: dict[int, asyncio.Lock] = {}
+        self._generations: dict[int, int] = {}
+        self._watchdogs: dict[int, asyncio.Task] = {}
+        self.replaced = 0  # connections replaced by the watchdog (all loops)
+
+    def generation(self, loop: asyncio.AbstractEventLoop | None = None) -> int:
+        """Changes whenever this loop's connection is a new one."""
+        loop = loop or asyncio.get_running_loop()
+        return self._generations.get(id(loop), 0)
+
+    def current(self, loop: asyncio.AbstractEventLoop | None = None) -> Client | None:
+        loop = loop or asyncio.get_running_loop()
+        known = self._clients.get(id(loop))
+        return known[1] if known is not None and known[0] is loop else None
 
     async def get(self, timeout: float = 2.0) -> Client:
         loop = asyncio.get_running_loop()
@@ -192,11 +255,97 @@ class SharedClient:
                 if known[2] == config.servers:
                     return known[1]
                 await known[1].close()  # NATS_URL changed (tests): a new connection
-            nc = await connect(
-                self.name, config, state=self.state, retry_initial=False, connect_timeout=timeout
-            )
-            self._clients[key] = (loop, nc, config.servers)
-            return nc
+            return await self._connect(loop, config, timeout)
+
+    async def _connect(self, loop: asyncio.AbstractEventLoop, config: BusConfig,
+                       timeout: float) -> Client:
+        key = id(loop)
+        nc = await connect(
+            self.name, config, state=self.state, retry_initial=False, connect_timeout=timeout
+        )
+        self._clients[key] = (loop, nc, config.servers)
+        self._generations[key] = self._generations.get(key, 0) + 1
+        watchdog = self._watchdogs.get(key)
+        if watchdog is None or watchdog.done() or watchdog.get_loop() is not loop:
+            self._watchdogs[key] = loop.create_task(self._watch(loop))
+        return nc
+
+    async def _watch(self, loop: asyncio.AbstractEventLoop) -> None:
+        silent, stuck_since = 0, None
+        while True:
+            await asyncio.sleep(self.CHECK_S)
+            nc = self.current(loop)
+            if nc is None:
+                continue
+            try:
+                silent = await self._probe(nc, silent)
+                stuck_since = self._stuck_since(nc, stuck_since)
+                if nc.is_closed or (stuck_since and time.monotonic() - stuck_since > self.STUCK_AFTER_S):
+                    stuck_since = None
+                    await self._replace(loop, nc)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("%s: bus watchdog", self.name)
+
+    async def _probe(self, nc: Client, silent: int) -> int:
+        """One ping; returns how many in a row went unanswered."""
+        if not nc.is_connected:
+            nc.unanswered_since = None  # is_connected says it now
+            return 0
+        alive = getattr(nc, "read_loop_alive", True)
+        try:
+            if not alive:
+                raise errors.StaleConnectionError("read loop ended")
+            await nc.flush(timeout=self.PROBE_TIMEOUT_S)
+        except Exception as exc:
+            silent += 1
+            if nc.unanswered_since is None:
+                nc.unanswered_since = time.time() - self.PROBE_TIMEOUT_S
+                self.state.last_error = f"no answer from the bus ({type(exc).__name__})"
+                log.warning("%s: the bus stopped answering", self.name)
+            if not alive or silent >= self.PROBES_BEFORE_RECONNECT:
+                log.warning("%s: dropping an unanswering bus connection to reconnect", self.name)
+                await nc._process_op_err(errors.StaleConnectionError())
+                return 0
+            return silent
+        nc.unanswered_since = None
+        return 0
+
+    def unreachable(self, loop: asyncio.AbstractEventLoop | None = None) -> str | None:
+        """Why this loop's connection cannot reach the bus now (None: it can, or there is
+        none yet), with for how long."""
+        nc = self.current(loop)
+        if nc is None or nc.is_closed:
+            return None if nc is None else "bus connection closed"
+        since = getattr(nc, "unanswered_since", None)
+        if nc.is_connected and since is None:
+            return None
+        since = since if nc.is_connected else self.state.disconnected_since
+        away = f" for {time.time() - since:.0f}s" if since else ""
+        doing = "no answer from the bus" if nc.is_connected else "reconnecting"
+        return f"bus unreachable{away} ({doing})"
+
+    @staticmethod
+    def _stuck_since(nc: Client, since: float | None) -> float | None:
+        """Since when the connection is down with no reconnect under way."""
+        task = nc._reconnection_task
+        if nc.is_connected or nc.is_closed or (task is not None and not task.done()):
+            return None
+        return since or time.monotonic()
+
+    async def _replace(self, loop: asyncio.AbstractEventLoop, old: Client) -> None:
+        lock = self._locks.setdefault(id(loop), asyncio.Lock())
+        async with lock:
+            if self.current(loop) is not old:
+                return  # get() made a new one meanwhile
+            log.warning("%s: replacing a bus connection that cannot recover", self.name)
+            try:
+                await asyncio.wait_for(old.close(), 2)
+            except Exception:
+                pass
+            await self._connect(loop, BusConfig.from_env(), 2.0)
+            self.replaced += 1
 
 
 web_client = SharedClient("web")
