@@ -1,9 +1,14 @@
 """Alerting in the collector: evaluate every snapshot, record transitions, notify.
 
 Rules are read from the database every ``RULES_TTL_S`` (edits in the admin take
-effect within that); firing alerts are read once at start, so a restarted
-collector neither fires twice nor forgets to resolve. Only transitions touch
-the database. Never raises: an alerting failure is logged, the sweep goes on.
+effect within that), and so are the firing alerts: a new leader term or a restarted
+collector starts from them (neither firing twice nor resolving what it has not yet
+judged, see ``rules.Evaluator``), and alerts fired or resolved by another process
+(the bus judge of ``collector.BusJudge``, while no leader can be elected) are
+followed. The database keeps one firing alert per key (a conditional unique
+constraint) and a resolution is a conditional update, so two judges at once fire
+and resolve an alert once, with one notification each. Only transitions touch the
+database. Never raises: an alerting failure is logged, the sweep goes on.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import logging
 import time
 
 from asgiref.sync import sync_to_async
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from lucent_console.bus import envelope
@@ -47,6 +52,8 @@ class Alerting:
                 self.rules, firing = await sync_to_async(load)()
                 if self.evaluator is None:
                     self.evaluator = Evaluator(firing)
+                else:
+                    self.evaluator.adopt(firing)
                 self.loaded_at = time.monotonic()
             started = time.perf_counter()
             fire, resolve = self.evaluator.step(snapshot, self.rules)
@@ -66,25 +73,45 @@ class Alerting:
         with transaction.atomic():
             changed = []
             for c in fire:
-                alert = Alert.objects.create(rule=c.rule, key=c.key, subject=c.subject,
-                                             severity=c.rule.severity, message=c.message,
-                                             value=c.value, link=c.link)
+                alert, new = self._fire(c)
                 firing[c.key] = alert.pk
-                changed.append((alert, "firing"))
+                if new:
+                    changed.append((alert, "firing"))
             for key in resolve:
-                alert = Alert.objects.select_related("rule").get(pk=self.evaluator.firing[key])
-                alert.state, alert.resolved_at = Alert.RESOLVED, timezone.now()
-                alert.save(update_fields=["state", "resolved_at"])
+                alert = self._resolve(self.evaluator.firing[key])
                 resolved.append(key)
-                changed.append((alert, "resolved"))
+                if alert is not None:
+                    changed.append((alert, "resolved"))
             for alert, event in changed:
                 for n in notify.record(alert, event):
                     if n.channel == "bus":
                         out.append((notify.body(alert, event), n.pk))
         self.evaluator.firing.update(firing)
         for key in resolved:
-            del self.evaluator.firing[key]
+            self.evaluator.resolved(key)
         return out
+
+    @staticmethod
+    def _fire(c) -> tuple[Alert, bool]:
+        """The firing alert of ``c.key``, and whether we made it (else another judge
+        fired it first: it is the firing one, and it has notified)."""
+        try:
+            with transaction.atomic():
+                return Alert.objects.create(rule=c.rule, key=c.key, subject=c.subject,
+                                            severity=c.rule.severity, message=c.message,
+                                            value=c.value, link=c.link), True
+        except IntegrityError:
+            return Alert.objects.select_related("rule").get(key=c.key, state=Alert.FIRING), False
+
+    @staticmethod
+    def _resolve(pk: int) -> Alert | None:
+        """Resolve alert ``pk``; None when it was not firing any more (another judge
+        resolved it, and notified)."""
+        now = timezone.now()
+        if not Alert.objects.filter(pk=pk, state=Alert.FIRING).update(
+                state=Alert.RESOLVED, resolved_at=now):
+            return None
+        return Alert.objects.select_related("rule").get(pk=pk)
 
     async def flush(self, nc, changed: bool) -> None:
         if not nc.is_connected:

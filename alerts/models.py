@@ -85,6 +85,10 @@ class Alert(models.Model):
 
     class Meta:
         ordering = ["-started_at", "-id"]
+        # Two judges at once (a leader's last sweep, the bus judge of another collector)
+        # must not both fire one condition: the second insert fails and adopts the first.
+        constraints = [models.UniqueConstraint(fields=["key"], condition=models.Q(state="firing"),
+                                               name="one_firing_alert_per_key")]
 
     def __str__(self) -> str:
         return f"{self.severity} {self.rule.name}: {self.subject} ({self.state})"

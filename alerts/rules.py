@@ -5,6 +5,12 @@
 ``for_s``, stays firing while it holds, and resolves by itself when it stops.
 While the bus cannot be swept only the bus rule is judged: the other figures
 are stale, so what fires stays firing and nothing new fires.
+
+An evaluator that starts with alerts already firing (a new leader term, a restarted
+collector) has not seen what those alerts were judged on: a consumer's idle time, the
+dead letters of the last minute, a service's heartbeats. It resolves such an inherited
+alert only once it has watched long enough (``WARMUP_S``) and, for a service, once it
+has heard from that service: otherwise every term would resolve and re-fire them.
 """
 
 from __future__ import annotations
@@ -18,6 +24,11 @@ from .models import Rule
 CONSUMER_KINDS = {Rule.CONSUMER_PENDING, Rule.CONSUMER_STALLED, Rule.ACK_PENDING_NEAR_MAX}
 STREAM_KINDS = {Rule.STREAM_USAGE, Rule.INTEREST_NO_CONSUMERS, Rule.REPLICA}
 DEAD_LETTERS = "DEAD_LETTERS"  # the dead-letter rate is about all of them
+SERVICE_KINDS = {Rule.SERVICE_STALE, Rule.SERVICE_DOWN}
+# Seconds a new evaluator must watch before it may resolve an inherited alert of a kind
+# judged over time: stalled after 30 s idle (streams.snapshot.STALL_AFTER_S), agents
+# stuck or failing over minutes, dead letters counted over a minute.
+WARMUP_S = {Rule.CONSUMER_STALLED: 35.0, Rule.AGENT: 60.0, Rule.DEADLETTER_RATE: 65.0}
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,9 +134,24 @@ def conditions(snapshot: dict, rules: list[Rule]) -> dict[str, Condition]:
 class Evaluator:
     """Time on top of ``conditions``: since when each holds, which are firing."""
 
-    def __init__(self, firing: dict[str, int] | None = None) -> None:
+    def __init__(self, firing: dict[str, int] | None = None, now: float | None = None) -> None:
         self.since: dict[str, float] = {}
         self.firing: dict[str, int] = dict(firing or {})  # key -> Alert id
+        self.started = time.time() if now is None else now
+        self.inherited: set[str] = set(self.firing)  # fired before this evaluator started
+
+    def adopt(self, firing: dict[str, int]) -> None:
+        """Follow the database: alerts another process fired or resolved meanwhile."""
+        for key in [k for k in self.firing if k not in firing]:
+            self.resolved(key)
+        for key, pk in firing.items():
+            if key not in self.firing:
+                self.firing[key] = pk
+                self.inherited.add(key)
+
+    def resolved(self, key: str) -> None:
+        self.firing.pop(key, None)
+        self.inherited.discard(key)
 
     def step(self, snapshot: dict, rules: list[Rule], now: float | None = None
              ) -> tuple[list[Condition], list[str]]:
@@ -133,9 +159,12 @@ class Evaluator:
         now = time.time() if now is None else now
         held = conditions(snapshot, rules)
         ok, bus = bool(snapshot.get("ok")), _bus_prefixes(rules)
+        by_name = {r.name: r for r in rules if r.enabled}
 
         def judged(key: str) -> bool:  # bus down: only bus alerts can change
-            return ok or key.startswith(bus)
+            if not (ok or key.startswith(bus)):
+                return False
+            return key not in self.inherited or self._seen_enough(key, by_name, snapshot, now)
 
         for key in [k for k in self.since if k not in held and judged(k)]:
             del self.since[key]
@@ -145,6 +174,15 @@ class Evaluator:
             if key not in self.firing and now - started >= cond.rule.for_s:
                 fire.append(cond)
         return fire, [k for k in self.firing if k not in held and judged(k)]
+
+    def _seen_enough(self, key: str, by_name: dict[str, Rule], snapshot: dict, now: float) -> bool:
+        name, _, subject = key.partition(":")
+        rule = by_name.get(name)
+        if rule is None:
+            return True  # rule deleted or disabled: its alerts resolve as before
+        if rule.kind in SERVICE_KINDS and subject not in (snapshot.get("services") or {}):
+            return False  # not heard from since this term began: nothing to judge on
+        return now - self.started >= WARMUP_S.get(rule.kind, 0.0)
 
 
 def _bus_prefixes(rules: list[Rule]) -> tuple[str, ...]:

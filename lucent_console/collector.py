@@ -12,6 +12,12 @@ the console on ``lucent.services.console.health`` like any Lucent service.
 If the bus goes away, sweeps fail fast, the last data is republished marked
 ``ok: false`` (pages then say how old it is) and nats-py reconnects with
 backoff; the first good sweep after that carries everything that changed.
+
+Leadership lives on the bus, so during a bus outage nobody leads, and the leader
+steps down before its lease could age out. Meanwhile every collector process runs a
+``BusJudge`` beside its election: the one holding the database lease ``bus-judge``
+judges the bus rule, so that the bus-unreachable alert fires and notifies (webhooks
+go through Celery, not the bus); the next leader term resolves it once it sweeps.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import asyncio
 import logging
 import time
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -29,7 +36,11 @@ from lucent_console.bus import envelope, live, watch
 from lucent_console.bus import jetstream as js
 from streams import snapshot as snap
 
-from .models import Heartbeat
+from . import leader
+from .models import Heartbeat, Lease
+
+if TYPE_CHECKING:
+    from alerts.engine import Alerting
 
 log = logging.getLogger("lucent.collector")
 SERVICES_NOTIFY = "lucent.console.live.services"
@@ -228,13 +239,14 @@ class Collector:
         capturing = asyncio.create_task(capture.run(self.nc, stop))
         indexing = asyncio.create_task(trace_indexer.run(self.nc, stop))
         pushing = asyncio.create_task(self.push_events(stop))
-        last_beat = 0.0
+        last_beat, was_ok = 0.0, None
         while not stop.is_set():
             started = time.monotonic()
             await self.watch_agents()
-            await self.sweep_once()
-            if started - last_beat >= heartbeat_every:
-                last_beat = started
+            ok = (await self.sweep_once()).get("ok")
+            # At once when the bus goes or comes back: the bus judges read it (BusJudge).
+            if started - last_beat >= heartbeat_every or ok != was_ok:
+                last_beat, was_ok = started, ok
                 await self.announce()
             elapsed = time.monotonic() - started
             try:
@@ -248,3 +260,76 @@ class Collector:
 
 async def run(nc: Client, stop: asyncio.Event, interval: float | None = None) -> None:
     await Collector(nc, interval).run(stop)
+
+
+BUS_JUDGE = "bus-judge"  # the database lease under which the bus is judged without a leader
+HEARTBEAT_S = 5.0  # Collector.run's heartbeat_every
+
+
+def _a_leader_sweeps() -> bool:
+    """A leader reported a good sweep lately (a partition hides the bus from us only)."""
+    hb = Heartbeat.objects.filter(component="collector").first()
+    return bool(hb and hb.age_seconds() < 2 * HEARTBEAT_S and hb.detail.get("ok"))
+
+
+class BusJudge:
+    """Beside a collector's election: while it cannot reach the bus lease and no leader
+    sweeps, judge the bus rule under the database lease ``BUS_JUDGE`` (one judge among
+    all collectors); hand back as soon as the bus lease answers."""
+
+    def __init__(self, nc: Client, standing: leader.Standing, interval: float | None = None) -> None:
+        self.nc, self.standing = nc, standing
+        self.interval = interval or settings.LUCENT_SWEEP_INTERVAL
+        self.ttl = max(3 * self.interval, float(settings.LUCENT_LEADER_TTL))
+        self.alerting: Alerting | None = None  # while we hold the database lease
+
+    async def run(self, stop: asyncio.Event) -> None:
+        try:
+            while not stop.is_set():
+                try:
+                    await self.tick()
+                except Exception:
+                    log.exception("collector: bus judge")
+                try:
+                    await asyncio.wait_for(stop.wait(), self.interval)
+                except TimeoutError:
+                    pass
+        finally:
+            await self.hand_back()
+
+    async def tick(self) -> None:
+        if (self.standing.leading or self.standing.unreachable_since is None
+                or await sync_to_async(_a_leader_sweeps)()):
+            await self.hand_back()
+            return
+        if not await sync_to_async(Lease.claim)(BUS_JUDGE, self.standing.holder, self.ttl):
+            self.alerting = None  # another collector judges
+            return
+        if self.alerting is None:
+            from alerts.engine import Alerting
+
+            log.warning("collector: no leader on an unreachable bus; %s judges it under the "
+                        "database lease %r", self.standing.holder, BUS_JUDGE)
+            self.alerting = Alerting()  # reads the firing alerts afresh
+        await self.alerting.evaluate(self.nc, {
+            "ok": False, "error": self.standing.error, "at": None, "seq": 0,
+            "streams": {}, "consumers": {}, "server": {}})
+
+    async def hand_back(self) -> None:
+        if self.alerting is None:
+            return
+        alerting, self.alerting = self.alerting, None
+        try:
+            if alerting.unsent and self.nc.is_connected:  # what could not be published
+                await alerting.flush(self.nc, changed=True)
+            await sync_to_async(Lease.release)(BUS_JUDGE, self.standing.holder)
+        except Exception:
+            log.exception("collector: bus judge hand-back (the lease ages out)")
+        log.info("collector: the bus answers again; %s stops judging it", self.standing.holder)
+
+
+async def _judge_bus(nc: Client, standing: leader.Standing, stop: asyncio.Event) -> None:
+    await BusJudge(nc, standing).run(stop)
+
+
+leader.WITHOUT_LEADER["collector"] = _judge_bus

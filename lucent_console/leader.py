@@ -13,9 +13,12 @@ Every candidate runs ``run_while_leader`` with a lease on the bus (``bus.lease``
    standby takes over at once rather than after the TTL.
 
 If the process dies (kill -9, machine lost), its lease ages out after the TTL
-and a standby takes over. ``work`` must own everything it subscribes to (e.g. its
-own bus connection, closed when it returns or is cancelled), so that nothing of
-it outlives its term.
+and a standby takes over. While the bus cannot be reached nobody can lead; each
+candidate says so in its ``Standing``, for work that must go on without a leader
+(``collector.BusJudge``, under a lease in the database).
+
+``work`` must own everything it subscribes to (e.g. its own bus connection,
+closed when it returns or is cancelled), so that nothing of it outlives its term.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from django.conf import settings
 from nats.aio.client import Client
@@ -31,6 +35,29 @@ from nats.aio.client import Client
 from .bus.lease import Lease, LeaseLost
 
 log = logging.getLogger("lucent.leader")
+
+
+@dataclass
+class Standing:
+    """What one candidate knows of its election."""
+
+    holder: str = ""
+    leading: bool = False
+    unreachable_since: float | None = None  # time.time(): the lease could not be reached since
+    error: str | None = None
+
+    def reached(self) -> None:
+        self.unreachable_since, self.error = None, None
+
+    def unreachable(self, error: str) -> None:
+        self.unreachable_since = self.unreachable_since or time.time()
+        self.error = error
+
+
+# Work each candidate of an election does while no leader can be elected, by election
+# name: ``fn(nc, standing, stop)``, run beside the election until ``stop``. The collector
+# registers its bus judge (``collector.BusJudge``) for "collector".
+WITHOUT_LEADER: dict[str, Callable[[Client, Standing, asyncio.Event], Awaitable]] = {}
 
 
 async def _wait(event: asyncio.Event, seconds: float) -> bool:
@@ -44,20 +71,42 @@ async def _wait(event: asyncio.Event, seconds: float) -> bool:
 
 async def run_while_leader(nc: Client, stop: asyncio.Event, name: str,
                            work: Callable[[asyncio.Event], Awaitable], *,
-                           ttl: float | None = None, holder: str | None = None) -> None:
+                           ttl: float | None = None, holder: str | None = None,
+                           standing: Standing | None = None) -> None:
     """Stand by, lead, stand by again... until ``stop``; see the module docstring."""
     lease = Lease(nc, name, ttl or settings.LUCENT_LEADER_TTL, holder)
+    standing = standing or Standing()
+    standing.holder = lease.holder
+    beside = WITHOUT_LEADER.get(name)
+    side = asyncio.create_task(beside(nc, standing, stop)) if beside else None
+    try:
+        await _elect(lease, stop, name, work, standing)
+    finally:
+        if side is not None:
+            side.cancel()
+            await asyncio.gather(side, return_exceptions=True)
+
+
+async def _elect(lease: Lease, stop: asyncio.Event, name: str,
+                 work: Callable[[asyncio.Event], Awaitable], standing: Standing) -> None:
     poll = min(1.0, lease.ttl / 10)
     shown = None
     log.info("%s: %s electing (lease %s/%s, TTL %.1fs)", name, lease.holder, lease.bucket,
              name, lease.ttl)
     while not stop.is_set():
+        if not lease.nc.is_connected:  # said at once, not after a request times out
+            standing.unreachable("no connection to the bus (reconnecting)")
+            await _wait(stop, poll)
+            continue
         try:
             won = await lease.acquire()
         except Exception as exc:
             won, leader = False, f"unknown ({type(exc).__name__}: {exc})"
+            standing.unreachable(f"no answer on the leader lease ({type(exc).__name__}: {exc})"
+                                 .replace(": )", ")"))
         else:
             leader = (lease.seen or {}).get("holder")
+            standing.reached()
         if not won:
             if leader != shown:
                 shown = leader
@@ -66,7 +115,11 @@ async def run_while_leader(nc: Client, stop: asyncio.Event, name: str,
             continue
         shown = None
         log.info("%s: %s is the leader", name, lease.holder)
-        crashed = await _lead(lease, stop, name, work)
+        standing.leading = True
+        try:
+            crashed = await _lead(lease, stop, name, work)
+        finally:
+            standing.leading = False
         if crashed:
             await _wait(stop, 2 * poll)  # let a healthier standby take it
 

@@ -1,4 +1,7 @@
+from datetime import timedelta
+
 from django.db import models
+from django.db.models import Q
 from django.utils import timezone
 
 ROLES = ("viewer", "operator", "admin")
@@ -52,3 +55,32 @@ class AuditRecord(models.Model):
 
     def __str__(self) -> str:
         return f"{self.at:%Y-%m-%d %H:%M:%S} {self.username} {self.action} {self.target}: {self.outcome}"
+
+
+class Lease(models.Model):
+    """A lease in the database: one holder at a time among processes on any machines.
+
+    Leadership lives on the bus (``bus.lease``); this one is for work that must go on
+    when the bus cannot be reached, such as judging the bus-unreachable alert. Taken
+    by a conditional update, so of several claimants at once exactly one succeeds.
+    """
+
+    name = models.CharField(max_length=64, unique=True)
+    owner = models.CharField(max_length=200, blank=True)
+    until = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.owner or 'free'} until {self.until:%H:%M:%S}"
+
+    @classmethod
+    def claim(cls, name: str, owner: str, ttl: float) -> bool:
+        """Take or renew the lease for ``ttl`` seconds; False while another holds it."""
+        now = timezone.now()
+        cls.objects.get_or_create(name=name, defaults={"until": now})
+        free_or_ours = Q(until__lt=now) | Q(owner=owner)
+        return cls.objects.filter(free_or_ours, name=name).update(
+            owner=owner, until=now + timedelta(seconds=ttl)) == 1
+
+    @classmethod
+    def release(cls, name: str, owner: str) -> None:
+        cls.objects.filter(name=name, owner=owner).update(owner="", until=timezone.now())

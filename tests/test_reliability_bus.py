@@ -8,17 +8,24 @@ import time
 
 import pytest
 
+from alerts import defaults
+from alerts.models import Alert, Notification, Rule, Webhook
 from lucent_console import status
+from lucent_console.bus import envelope, sync
 from lucent_console.bus import jetstream as js
-from lucent_console.bus import sync
-from lucent_console.bus.client import web_client
+from lucent_console.bus.client import connect, web_client
+from lucent_console.bus.config import BusConfig
+from lucent_console.collector import BUS_JUDGE, Collector
+from lucent_console.leader import Standing, run_while_leader
+from lucent_console.models import Lease as DbLease
 from streams.live import relay
 
 from .conftest import bus, run
-from .support import crash_and_restart, freeze, thaw, wait_until
+from .support import WebhookReceiver, crash_and_restart, freeze, thaw, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
-FROZEN_S = 7.0  # > ping interval x outstanding pings, so the connections go stale
+FROZEN_S = 7.0
+BUS_FOR_S = 3.0  # > ping interval x outstanding pings, so the connections go stale
 
 
 def healthy() -> bool:
@@ -105,3 +112,148 @@ def test_the_web_side_recovers_after_the_bus_is_killed_and_restarted(collector, 
 
 async def _generation():
     return web_client.generation()
+
+
+class Candidates:
+    """Collector processes as ``manage.py collector`` runs them (an election on the bus,
+    each term on a connection of its own, the bus judge beside the election), in one
+    thread of the test process."""
+
+    def __init__(self, url: str, names: list[str], ttl: float = 2.0, interval: float = 0.25) -> None:
+        import asyncio
+        import threading
+
+        self.url, self.ttl, self.interval = url, ttl, interval
+        self.loop = asyncio.new_event_loop()
+        self.stops: dict[str, asyncio.Event] = {}
+        self.standings: dict[str, Standing] = {}
+        self.terms: dict[str, Collector] = {}
+        self.tasks = {}
+        threading.Thread(target=self.loop.run_forever, daemon=True).start()
+        for name in names:
+            self.tasks[name] = asyncio.run_coroutine_threadsafe(self._one(name), self.loop)
+        wait_until(lambda: len(self.standings) == len(names), what="candidates connected")
+
+    async def _one(self, name: str) -> None:
+        import asyncio
+
+        config = BusConfig.from_env({"NATS_URL": self.url})
+        nc = await connect(f"candidate {name}", config, retry_initial=False)
+        stop, standing = asyncio.Event(), Standing()
+
+        async def collect(stop_work):
+            term = await connect(f"collector {name} (leader)", config)
+            self.terms[name] = Collector(term, self.interval)
+            try:
+                await self.terms[name].run(stop_work)
+            finally:
+                await term.close()
+
+        self.stops[name], self.standings[name] = stop, standing
+        try:
+            await run_while_leader(nc, stop, "collector", collect, ttl=self.ttl, holder=name,
+                                   standing=standing)
+        finally:
+            await nc.close()
+
+    def leader(self) -> str | None:
+        return next((n for n, s in self.standings.items() if s.leading), None)
+
+    def stop(self, name: str) -> None:
+        self.loop.call_soon_threadsafe(self.stops[name].set)
+        self.tasks[name].result(15)
+
+    def close(self) -> None:
+        from asgiref.sync import sync_to_async
+        from django.db import connections
+
+        for name, task in self.tasks.items():
+            if not task.done():
+                self.stop(name)
+        import asyncio
+
+        asyncio.run_coroutine_threadsafe(sync_to_async(connections.close_all)(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+@pytest.fixture
+def alert_rules(db, settings):
+    defaults.install(Rule)
+    Rule.objects.update(for_s=0)
+    # Longer than a leader takes to step down (TTL 2 s less 2 margins): the leader's
+    # last sweeps cannot fire it, only a judge without a leader.
+    Rule.objects.filter(kind=Rule.BUS).update(for_s=BUS_FOR_S)
+    settings.LUCENT_WEBHOOK_BACKOFF_S = 0.05
+    return Rule.objects
+
+
+def _firing(key: str):
+    return Alert.objects.filter(key=key, state=Alert.FIRING).first()
+
+
+def _heartbeat_down(url: str) -> None:
+    async def go():
+        nc = await bus(url)
+        try:
+            await nc.publish("lucent.services.pricing.health", envelope.encode(envelope.make(
+                "HealthCheck", "lucent.services.pricing.health", {"status": "down"},
+                sender={"serviceId": "pricing", "instanceId": "p-1"})))
+            await nc.flush()
+        finally:
+            await nc.close()
+
+    run(go())
+
+
+def test_bus_alert_fires_without_a_leader_and_firing_alerts_survive_new_terms(
+        alert_rules, fresh_server, monkeypatch):
+    monkeypatch.setenv("NATS_URL", fresh_server.url)
+    receiver = WebhookReceiver()
+    Webhook.objects.create(name="oncall", url=receiver.url, kind=Webhook.JSON)
+    candidates = Candidates(fresh_server.url, ["a", "b"])
+    try:
+        wait_until(candidates.leader, what="a leader")
+        _heartbeat_down(fresh_server.url)
+        down = wait_until(lambda: _firing("service-down:pricing/p-1"), what="service-down fires")
+        wait_until(lambda: any(b["rule"] == "service-down" for b in receiver.bodies),
+                   what="its webhook")
+
+        # The bus goes away: nobody can lead, a collector judges it under the database lease.
+        fresh_server.stop()
+        gone = time.monotonic()
+        bus_alert = wait_until(lambda: _firing("bus-unreachable:bus"), timeout=20,
+                               what="bus-unreachable fires during the outage")
+        fired_after = time.monotonic() - gone
+        assert candidates.leader() is None  # no leader judged it: the database lease did
+        assert DbLease.objects.get(name=BUS_JUDGE).owner in ("a", "b")
+        wait_until(lambda: any(b["rule"] == "bus-unreachable" and b["state"] == "firing"
+                               for b in receiver.bodies), what="the webhook, without the bus")
+        assert set(Notification.objects.filter(alert=bus_alert, event="firing")
+                   .values_list("channel", flat=True)) == {"bus", "webhook:oncall"}
+
+        # The bus is back: the next term resolves the bus alert, keeps service-down.
+        fresh_server.start().wait()
+        back = time.monotonic()
+        wait_until(lambda: Alert.objects.get(pk=bus_alert.pk).state == Alert.RESOLVED,
+                   timeout=20, what="the bus alert resolves")
+        resolved_after = time.monotonic() - back
+        first = wait_until(candidates.leader, what="a leader again")
+        wait_until(lambda: (candidates.terms[first].snapshot or {}).get("seq", 0) >= 5,
+                   what="the new term sweeps")
+
+        # A handover: the next term keeps service-down firing, without notifying again.
+        candidates.stop(first)
+        second = wait_until(candidates.leader, what="the standby leads")
+        assert second != first
+        wait_until(lambda: (candidates.terms[second].snapshot or {}).get("seq", 0) >= 5,
+                   what="the next term sweeps")
+        assert _firing("service-down:pricing/p-1").pk == down.pk  # still the same firing alert
+        assert Alert.objects.filter(key="service-down:pricing/p-1").count() == 1
+        assert Alert.objects.filter(key="bus-unreachable:bus").count() == 1
+        events = list(Notification.objects.filter(alert=down).values_list("event", "channel"))
+        assert sorted(events) == [("firing", "bus"), ("firing", "webhook:oncall")]
+        print(f"\nbus killed: bus-unreachable fired after {fired_after:.1f}s (for_s {BUS_FOR_S:.0f}, TTL 2); "
+              f"bus back: resolved after {resolved_after:.1f}s")
+    finally:
+        candidates.close()
+        receiver.shutdown()
