@@ -3,7 +3,9 @@
 A dead letter is a copy of the failed message, published to
 ``lucent.deadletter.<stream>.<consumer>`` with the original headers plus the
 ``Lucent-DL-*`` headers below, and a ``Nats-Msg-Id`` derived from
-(stream, sequence, consumer) so that a repeated capture is deduplicated.
+(stream, its generation, sequence, consumer) so that a repeated capture is
+deduplicated, while a failure of a stream declared again (which counts from 1
+again) is not mistaken for one of its previous life.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ H_REASON = "Lucent-DL-Reason"
 H_ERROR = "Lucent-DL-Error"
 H_AT = "Lucent-DL-At"
 H_PAYLOAD = "Lucent-DL-Payload"  # "missing" when the original could not be fetched
+H_GENERATION = "Lucent-DL-Generation"  # the source stream's generation (its created time)
 
 REASON_MAX_DELIVERIES = "max_deliveries"
 REASON_TERMINATED = "terminated"
@@ -37,8 +40,12 @@ def subject(stream: str, consumer: str) -> str:
     return f"{SUBJECT_PREFIX}.{_token(stream)}.{_token(consumer)}"
 
 
-def msg_id(stream: str, seq: int, consumer: str) -> str:
-    return f"dl:{stream}:{seq}:{consumer}"
+def msg_id(stream: str, seq: int, consumer: str, generation: str = "") -> str:
+    # Without the generation, a stream deleted and declared again within DEAD_LETTERS'
+    # duplicate window (1 day) would have its new failures dropped as duplicates.
+    if not generation:
+        return f"dl:{stream}:{seq}:{consumer}"
+    return f"dl:{stream}@{generation}:{seq}:{consumer}"
 
 
 def headers(
@@ -53,10 +60,11 @@ def headers(
     error: str = "",
     payload_missing: bool = False,
     at: str | None = None,
+    generation: str = "",
 ) -> dict[str, str]:
     out = {k: v for k, v in (original_headers or {}).items() if not k.startswith("Nats-")}
     out.update({
-        "Nats-Msg-Id": msg_id(stream, seq, consumer),
+        "Nats-Msg-Id": msg_id(stream, seq, consumer, generation),
         H_STREAM: stream,
         H_SEQ: str(seq),
         H_SUBJECT: subject,
@@ -69,6 +77,8 @@ def headers(
         out[H_ERROR] = error[:1000]
     if payload_missing:
         out[H_PAYLOAD] = "missing"
+    if generation:
+        out[H_GENERATION] = generation
     return out
 
 

@@ -100,7 +100,12 @@ class Decoded:
         """Indented JSON for envelopes and other JSON; None otherwise."""
         if self.kind not in ("envelope", "json"):
             return None
-        return json.dumps(self.json_value, indent=2, ensure_ascii=False, sort_keys=False)
+        try:
+            return json.dumps(self.json_value, indent=2, ensure_ascii=False, sort_keys=False)
+        except (RecursionError, ValueError):
+            # Nesting that parsed may still be too deep to print on a deeper stack (a
+            # template): the page then shows the text as it came.
+            return None
 
     @property
     def sender_name(self) -> str | None:
