@@ -12,8 +12,8 @@ Run: .venv/bin/python bench/deadletter_replay.py [--n 100000] [--profile-n 10000
    ``dlq.start_job`` with LUCENT_JOBS_INLINE=True and an operator user, timed
    from the call to its return (the job is done then); checked: job done=N,
    failed=0, ORDERS grew by exactly N, every letter marked replayed. Reported
-   with it: the bus work (``dlq._replay_batch``, in the job's helper thread), the
-   recording (``dlq._record_replays``, overlapping it) and the CPU seconds of this
+   with it: the bus work (``dlq.replay_batch``, in the job's helper thread), the
+   recording (``dlq.record_replays``, overlapping it) and the CPU seconds of this
    process and of nats-server during the job.
 3. Baseline, same process: N messages of the same size (same payload, same
    headers as a replay carries, a unique Nats-Msg-Id each) to the same stream
@@ -227,7 +227,7 @@ def replay_job(consumer: str, n: int, url: str, server_pid: int | None = None) -
     before = asyncio.run(_orders_messages(url))
     fds, clients = open_fds(), len(web_client._clients)
     spent = {"replay_batch": 0.0, "connect": 0.0, "record": 0.0, "sharded": 0.0}
-    orig_batch, orig_connect, orig_record = dlq._replay_batch, bus_client.connect, dlq._record_replays
+    orig_batch, orig_connect, orig_record = dlq.replay_batch, bus_client.connect, dlq.record_replays
 
     def timed_batch(*a, **kw):  # the bus part of a batch (helper thread), connects included
         t = time.perf_counter()
@@ -236,7 +236,7 @@ def replay_job(consumer: str, n: int, url: str, server_pid: int | None = None) -
         finally:
             spent["replay_batch"] += time.perf_counter() - t
 
-    orig_sharded = dlq._replay_sharded
+    orig_sharded = dlq.replay_sharded
 
     def timed_sharded(*a, **kw):  # a whole batch split with the helper process (wall time)
         t = time.perf_counter()
@@ -259,8 +259,8 @@ def replay_job(consumer: str, n: int, url: str, server_pid: int | None = None) -
         finally:
             spent["connect"] += time.perf_counter() - t
 
-    dlq._replay_batch, bus_client.connect, dlq._record_replays = timed_batch, timed_connect, timed_record
-    dlq._replay_sharded = timed_sharded
+    dlq.replay_batch, bus_client.connect, dlq.record_replays = timed_batch, timed_connect, timed_record
+    dlq.replay_sharded = timed_sharded
     cpu0, server0 = time.process_time(), server_cpu(server_pid)
     t0 = time.perf_counter()
     try:
@@ -269,8 +269,8 @@ def replay_job(consumer: str, n: int, url: str, server_pid: int | None = None) -
         took = time.perf_counter() - t0
         spent["cpu_python"] = time.process_time() - cpu0
         spent["cpu_server"] = server_cpu(server_pid) - server0
-        dlq._replay_batch, bus_client.connect, dlq._record_replays = orig_batch, orig_connect, orig_record
-        dlq._replay_sharded = orig_sharded
+        dlq.replay_batch, bus_client.connect, dlq.record_replays = orig_batch, orig_connect, orig_record
+        dlq.replay_sharded = orig_sharded
     job = Job.objects.get(pk=result["job"])
     after = asyncio.run(_orders_messages(url))
     replayed = DeadLetter.objects.filter(consumer=consumer, status=DeadLetter.REPLAYED).count()
@@ -535,10 +535,10 @@ def main(n: int, profile_n: int, server, no_sketch: bool = False) -> None:
         print(f"  bus work shared with the helper process (dlq.Shard): "
               f"whole batches {sp['sharded']:.1f}s wall ({sp['sharded'] / took:.0%} of the job); "
               f"the line below counts only this process's share of each batch")
-    print(f"  split: bus work (_replay_batch in the helper thread: read stored copies, publish "
+    print(f"  split: bus work (replay_batch in the helper thread: read stored copies, publish "
           f"pipelined, PubAcks; {dlq_batches(n)} batches) {sp['replay_batch']:.1f}s "
           f"({sp['replay_batch'] / took:.0%} of the job), of which connecting {sp['connect']:.1f}s; "
-          f"recording (_record_replays in the job thread, overlapping the next batch's bus work) "
+          f"recording (record_replays in the job thread, overlapping the next batch's bus work) "
           f"{sp['record']:.1f}s ({sp['record'] / took:.0%})")
     print(f"  CPU during the job: this process (job thread, helper thread, bus loop) "
           f"{sp['cpu_python']:.1f}s = {sp['cpu_python'] / took:.0%} of one core; nats-server "

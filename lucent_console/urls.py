@@ -7,6 +7,7 @@ from agents import views as agent_views
 from alerts import views as alert_views
 from streams import api as stream_api
 from streams import deadletter_api as dl_api
+from streams import job_api
 
 from . import api, metrics, views
 
@@ -22,7 +23,8 @@ api_v1 = [
     path("deadletters/purge/", dl_api.dl_purge_bulk, name="api-deadletters-purge"),
     path("deadletters/<str:pk>/", dl_api.dl_detail, name="api-deadletter"),
     path("deadletters/<str:pk>/replay/", dl_api.dl_replay, name="api-deadletter-replay"),
-    path("jobs/<str:pk>/", dl_api.job_detail, name="api-job"),
+    path("jobs/<str:pk>/", job_api.job_detail, name="api-job"),
+    path("jobs/<str:pk>/cancel/", job_api.job_cancel, name="api-job-cancel"),
     path("agents/", agent_views.api_agents, name="api-agents"),
     path("services/", agent_views.api_services, name="api-services"),
     path("probe/", agent_views.api_probe, name="api-probe"),

@@ -7,11 +7,10 @@ import base64
 from rest_framework.decorators import api_view
 from rest_framework.response import Response
 
-from lucent_console.actions import ActionError, NotFound
+from lucent_console.actions import ActionError
 from lucent_console.api import Page
 
 from . import dlq
-from .models import Job
 
 KEYS = ("id", "stream", "stream_seq", "subject", "consumer", "deliveries", "reason", "error",
         "captured_at", "failed_at", "message_id", "correlation_id", "causation_id",
@@ -88,7 +87,7 @@ def _bulk(request, kind: str):
             preview = dlq.dry_run(dlq.clean_filters(body), target or None)
             return Response({"dry_run": True, **preview})
         return Response(dlq.start_job(request.user, kind, body, target, body.get("rate"),
-                                      bool(body.get("remove_original"))))
+                                      bool(body.get("remove_original")), body.get("plan")))
     except ActionError as exc:
         return _error(exc)
 
@@ -101,15 +100,3 @@ def dl_replay_bulk(request):
 @api_view(["POST"])
 def dl_purge_bulk(request):
     return _bulk(request, "purge")
-
-
-@api_view(["GET"])
-def job_detail(request, pk: str):
-    job = Job.objects.filter(pk=int(pk) if str(pk).isdigit() else -1).first()
-    if job is None:
-        return _error(NotFound(f"no job {pk!r}"))
-    return Response({"id": job.pk, "kind": job.kind, "state": job.state, "total": job.total,
-                     "done": job.done, "failed": job.failed, "error": job.error,
-                     "params": {k: v for k, v in job.params.items() if k != "audit_id"},
-                     "created_at": job.created_at.isoformat(),
-                     "finished_at": job.finished_at.isoformat() if job.finished_at else None})

@@ -92,7 +92,7 @@ def dl_bulk(request):
             return render(request, "fragments/dl_dryrun.html", {
                 "kind": kind, "preview": preview, "post": data.items()})
         started = dlq.start_job(request.user, kind, data, target, data.get("rate"),
-                                data.get("remove_original") == "1")
+                                data.get("remove_original") == "1", data.get("plan"))
     except ActionError as exc:
         return render(request, "fragments/action_result.html", {"error": str(exc)}, status=exc.status)
     return render(request, "fragments/job.html", {"job": Job.objects.get(pk=started["job"])})

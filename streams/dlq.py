@@ -5,13 +5,16 @@ the dead letter and the target subject, waits for the target stream's PubAck,
 and only then marks the dead letter replayed. A retry after a crash, a double
 click or two operators at once publishes the same id, which the target stream
 drops within its duplicate window (a PubAck with ``duplicate: true``).
-Bulk replays and purges are ``Job`` rows run by Celery (``run_job``), in batches,
-with a checkpoint (``last_id``) after each: a job stopped halfway (worker or
-bus gone) resumes from its checkpoint, and the replayed batch that was in
-flight is deduplicated by its ids. A bulk replay reads DEAD_LETTERS a batch at
-a time (batched DIRECT.GET on nats-server 2.11+, one STREAM.MSG.GET per letter
-before), publishes the batch pipelined, and records a batch while the next is
-on the bus (``_run_replay``).
+Bulk replays and purges are ``Job`` rows run by Celery (``jobs.run_job``: one runner
+under a lease, resumed when its runner dies, exactly once beyond the duplicate
+window; see ``streams/jobs.py``). This module holds what they call: a bulk replay
+reads DEAD_LETTERS a batch at a time (batched DIRECT.GET on nats-server 2.11+, one
+STREAM.MSG.GET per letter before) and publishes the batch pipelined (``replay_batch``).
+
+Every read of a stored dead letter checks that the message at its DEAD_LETTERS
+sequence is still the one indexed (its generation and ``Lucent-DL-*`` identity): a
+stream declared again counts from 1, and a row of an earlier generation must never
+show or replay the new stream's message.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import re
 import time
 from datetime import datetime
 
+from django.core import signing
 from django.db.models import Count, Q
 from django.utils import timezone
 
@@ -49,6 +53,8 @@ GAP = 64  # batched reads read through gaps this wide rather than split
 SHARDS = 2
 SHARD_MIN = 20 * BATCH
 BUS_RETRY_S = 120
+PLAN_SALT = "lucent.deadletters.plan"
+PLAN_MAX_AGE_S = 24 * 3600
 
 
 # ------------------------------------------------------------------ reading
@@ -144,12 +150,18 @@ def load(letter: DeadLetter) -> dict:
     """The stored copy: headers, payload and its decoding (from DEAD_LETTERS)."""
     if letter.status == DeadLetter.PURGED:
         return {"available": False, "why": "purged"}
+    async def read(nc):
+        return await js.next_message(nc, dl.STREAM, letter.dl_seq), await current_generation(nc)
+
     try:
-        msg = bus_sync.with_client(js.next_message, dl.STREAM, letter.dl_seq)
+        msg, generation = bus_sync.with_client(read)
     except Exception as exc:
         return {"available": False, "why": f"cannot read DEAD_LETTERS: {exc}"}
     if msg is None or msg["seq"] != letter.dl_seq:
         return {"available": False, "why": "no longer in DEAD_LETTERS"}
+    if not same_letter(letter.generation, letter.stream, letter.stream_seq, msg, generation):
+        return {"available": False, "why": "no longer available: it was stored in an earlier "
+                "DEAD_LETTERS stream (declared again since, or another bus)"}
     return {"available": letter.payload_available, "headers": msg["headers"], "data": msg["data"],
             "decoded": envelope.decode(msg["data"], msg["headers"]),
             "why": "" if letter.payload_available else
@@ -158,14 +170,38 @@ def load(letter: DeadLetter) -> dict:
 
 # ------------------------------------------------------------------ replay core
 
-def replay_msg_id(letter_seq: int, subject: str) -> str:
-    return f"replay:{letter_seq}:{hashlib.sha1(subject.encode()).hexdigest()[:12]}"
+async def current_generation(nc) -> str:
+    return dl.generation(await js.stream_info(nc, dl.STREAM))
 
 
-def replay_headers(stored: dict, letter_seq: int, subject: str) -> dict:
+def same_letter(generation: str, stream: str, stream_seq, msg: dict, current: str) -> bool:
+    """Whether ``msg`` (read at a row's DEAD_LETTERS sequence) is the letter the row
+    indexed: the same DEAD_LETTERS generation, and the same original stream and sequence
+    where the copy names them. Rows indexed before generations were kept ("") rely on
+    the second check alone."""
+    if generation and current and generation != current:
+        return False
+    headers = msg.get("headers") or {}
+    if headers.get(dl.H_STREAM) and stream and headers[dl.H_STREAM] != stream:
+        return False
+    if stream_seq is not None and headers.get(dl.H_SEQ, "").isdigit():
+        return int(headers[dl.H_SEQ]) == stream_seq
+    return True
+
+
+def replay_msg_id(letter_seq: int, subject: str, generation: str = "") -> str:
+    """The replay's dedup id: the letter (its DEAD_LETTERS generation and sequence) and the
+    target, so the same letter sent twice is one message, and a letter of a later
+    DEAD_LETTERS at the same sequence is another."""
+    gen = hashlib.sha1(generation.encode()).hexdigest()[:8] if generation else ""
+    return (f"replay:{gen + ':' if gen else ''}{letter_seq}:"
+            f"{hashlib.sha1(subject.encode()).hexdigest()[:12]}")
+
+
+def replay_headers(stored: dict, letter_seq: int, subject: str, generation: str = "") -> dict:
     headers = {k: v for k, v in stored.items()
                if not k.startswith(("Lucent-DL-", "Nats-")) and k != "Status"}
-    headers["Nats-Msg-Id"] = replay_msg_id(letter_seq, subject)
+    headers["Nats-Msg-Id"] = replay_msg_id(letter_seq, subject, generation)
     headers["Lucent-Replay-Of"] = str(letter_seq)
     return headers
 
@@ -179,24 +215,14 @@ async def _target_ok(nc, subject: str) -> None:
         raise ActionError(f"no stream stores {subject!r}: the dead letter stays where it is")
 
 
-async def _replay_one(nc, seq: int, subject: str | None, remove_original: bool,
-                      source: tuple[str, int | None]) -> dict:
-    """Publish one dead letter (DEAD_LETTERS seq) again; returns the PubAck and target."""
-    msg = await js.next_message(nc, dl.STREAM, seq)
-    if msg is None or msg["seq"] != seq:
-        raise ActionError(f"dead letter {seq} is no longer in DEAD_LETTERS")
-    if msg["headers"].get(dl.H_PAYLOAD) == "missing":
-        raise ActionError("payload unavailable: nothing to replay")
-    target = subject or msg["headers"].get(dl.H_SUBJECT) or ""
-    if not target:
-        raise ActionError("the original subject is unknown: give a subject")
-    ack = await js.publish(nc, target, msg["data"], replay_headers(msg["headers"], seq, target))
-    if remove_original and source[1]:
-        try:
-            await js.delete_message(nc, source[0], source[1])
-        except js.JetStreamError:
-            pass  # already gone (work queue, aged out): nothing to remove
-    return {**ack, "subject": target, "msg_id": replay_msg_id(seq, target)}
+async def _replay_one(nc, letter: DeadLetter, subject: str | None, remove_original: bool) -> dict:
+    """Publish one dead letter again; returns the PubAck and target."""
+    row = (letter.pk, letter.dl_seq, letter.stream, letter.stream_seq, letter.subject,
+           letter.generation)
+    [(_, result)] = await _replay_rows(nc, [row], subject, remove_original, RateLimit(None))
+    if isinstance(result, Exception):
+        raise result if isinstance(result, ActionError) else ActionError(str(result))
+    return result
 
 
 def replay(user, dl_id, subject: str | None = None, remove_original: bool = False) -> dict:
@@ -211,14 +237,13 @@ def replay(user, dl_id, subject: str | None = None, remove_original: bool = Fals
 
         async def go(nc):
             await _target_ok(nc, target)
-            return await _replay_one(nc, letter.dl_seq, target, remove_original,
-                                     (letter.stream, letter.stream_seq))
+            return await _replay_one(nc, letter, target, remove_original)
 
         result = bus_sync.with_client(go)
         Replay.objects.create(dead_letter=letter, username=getattr(user, "username", ""),
                               subject=result["subject"], msg_id=result["msg_id"],
                               stream=result["stream"], seq=result["seq"],
-                              duplicate=result["duplicate"])
+                              duplicate=result["duplicate"], generation=letter.generation)
         letter.status = DeadLetter.REPLAYED
         letter.save(update_fields=["status"])
         outcome.detail = (f"to {result['subject']}: {result['stream']} seq {result['seq']}"
@@ -229,14 +254,24 @@ def replay(user, dl_id, subject: str | None = None, remove_original: bool = Fals
 def purge_one(user, dl_id) -> dict:
     with audited(user, "deadletter.purge", str(dl_id), {}, "operator") as outcome:
         letter = get(dl_id)
-        _purge_letters([letter])
+        purge_letters([letter])
         outcome.detail = f"purged dead letter {letter.dl_seq}"
     return {"status": "purged", "id": letter.id}
 
 
-def _purge_letters(letters: list[DeadLetter]) -> int:
+def purge_letters(letters: list[DeadLetter]) -> int:
+    """Delete the letters' stored copies (those of the current DEAD_LETTERS generation: a
+    row of an earlier one has no copy left to delete) and mark them purged."""
     async def go(nc):
+        current = await current_generation(nc)
         for letter in letters:
+            if letter.generation and letter.generation != current:
+                continue
+            if not letter.generation:  # indexed before generations: check it is the same
+                msg = await js.next_message(nc, dl.STREAM, letter.dl_seq)
+                if msg is None or msg["seq"] != letter.dl_seq or not same_letter(
+                        "", letter.stream, letter.stream_seq, msg, current):
+                    continue
             try:
                 await js.delete_message(nc, dl.STREAM, letter.dl_seq)
             except js.JetStreamError as exc:
@@ -251,7 +286,11 @@ def _purge_letters(letters: list[DeadLetter]) -> int:
 # ------------------------------------------------------------------ bulk: dry run and jobs
 
 def dry_run(filters: dict, subject: str | None = None) -> dict:
-    qs = filtered(filters)
+    """What a bulk job would do, and the ``plan`` that freezes it: a job started with the
+    plan works on exactly these letters (the filters, up to the newest letter counted
+    here), not on letters indexed since."""
+    upto = DeadLetter.objects.order_by("-pk").values_list("pk", flat=True).first() or 0
+    qs = filtered(filters).filter(pk__lte=upto)
     matched = qs.count()
     unavailable = qs.filter(payload_available=False).count()
     if subject:
@@ -259,12 +298,27 @@ def dry_run(filters: dict, subject: str | None = None) -> dict:
     else:
         targets = list(qs.filter(payload_available=True).order_by().values("subject")
                        .annotate(n=Count("id")).order_by("-n")[:20])
-    return {"matched": matched, "unavailable": unavailable, "targets": targets}
+    plan = signing.dumps({"filters": filters, "subject": subject, "upto": upto},
+                         salt=PLAN_SALT, compress=True)
+    return {"matched": matched, "unavailable": unavailable, "targets": targets, "plan": plan}
+
+
+def _open_plan(plan: str, filters: dict, subject: str | None) -> int:
+    """The frozen upper id of a dry run's plan, checked against what is being started."""
+    try:
+        frozen = signing.loads(plan, salt=PLAN_SALT, max_age=PLAN_MAX_AGE_S)
+    except signing.BadSignature:
+        raise ActionError("plan: not a plan from a dry run, or older than a day: "
+                          "run the dry run again") from None
+    if frozen["filters"] != filters or (frozen.get("subject") or None) != (subject or None):
+        raise ActionError("plan: the filters or the target differ from the dry run's")
+    return int(frozen["upto"])
 
 
 def start_job(user, kind: str, params, subject: str | None = None, rate=None,
-              remove_original: bool = False) -> dict:
-    """Create a bulk replay or purge job for every dead letter matching the filters."""
+              remove_original: bool = False, plan: str | None = None) -> dict:
+    """Create a bulk replay or purge job for every dead letter matching the filters (as
+    counted by the dry run whose ``plan`` is given, or as they stand now)."""
     action = f"deadletter.{kind}_bulk"
     filters = {}
     with audited(user, action, "DEAD_LETTERS", {"filters": dict(params.items()) if params else {},
@@ -276,7 +330,7 @@ def start_job(user, kind: str, params, subject: str | None = None, rate=None,
                 rate = float(rate)
             except ValueError:
                 raise ActionError(f"rate must be a number of messages per second, not {rate!r}") from None
-            if rate <= 0:
+            if not 0 < rate < 1e9:
                 raise ActionError("rate must be above 0 (leave it empty for as fast as the bus acks)")
         else:
             rate = None
@@ -285,10 +339,12 @@ def start_job(user, kind: str, params, subject: str | None = None, rate=None,
             async def check(nc):
                 await _target_ok(nc, subject)
             bus_sync.with_client(check)
-        matched = filtered(filters).count()
+        upto = (_open_plan(plan, filters, subject) if plan else
+                DeadLetter.objects.order_by("-pk").values_list("pk", flat=True).first() or 0)
+        matched = filtered(filters).filter(pk__lte=upto).count()
         job = Job.objects.create(kind=kind, total=matched, created_by=user if user.pk else None,
                                  params={"filters": filters, "subject": subject, "rate": rate,
-                                         "remove_original": remove_original})
+                                         "remove_original": remove_original, "upto_id": upto})
         outcome.detail = f"job {job.id}: {matched} matched"
     record = AuditRecord.objects.filter(action=action).order_by("-id").first()
     job.params["audit_id"] = record.id if record else None
@@ -301,7 +357,7 @@ def enqueue(job_id: int) -> None:
     """Hand a job to Celery (or run it here, with LUCENT_JOBS_INLINE, as tests do)."""
     from django.conf import settings
 
-    from . import tasks
+    from . import tasks  # tasks import the job runner, which imports this module
 
     if settings.LUCENT_JOBS_INLINE:
         tasks.run_job(job_id)
@@ -310,12 +366,16 @@ def enqueue(job_id: int) -> None:
 
 
 def cancel_job(user, job_id) -> Job:
-    with audited(user, "job.cancel", str(job_id), {}, "operator"):
+    """Cancel a job (operator, audited): within a second, whatever its rate."""
+    with audited(user, "job.cancel", str(job_id), {}, "operator") as outcome:
         try:
             job = Job.objects.get(pk=int(job_id))
-        except (ValueError, Job.DoesNotExist):
-            raise NotFound(f"no job {job_id!r}") from None
-        Job.objects.filter(pk=job.pk).update(cancel_requested=True)
+        except (ValueError, TypeError, Job.DoesNotExist):
+            raise NotFound(f"no job {str(job_id)[:20]!r}") from None
+        if job.state in Job.FINAL:
+            raise ActionError(f"job {job.pk} has ended ({job.state})")
+        job.request_cancel()
+        outcome.detail = f"job {job.pk}: {job.state}"
     return job
 
 
@@ -334,92 +394,74 @@ class RateLimit:
         if slot > now:
             await asyncio.sleep(slot - now)
 
-
-def run_job(job_id: int) -> bool:
-    """Run (or resume) a job to its end. Returns whether it did work."""
-    job = Job.objects.get(pk=job_id)
-    if job.state in (Job.DONE, Job.CANCELLED, Job.FAILED):
-        return False
-    Job.objects.filter(pk=job.pk).update(state=Job.RUNNING)
-    params = job.params
-    limiter = RateLimit(params.get("rate"))
-    if job.kind == "replay":
-        return _run_replay(job, params, limiter)
-    while True:
-        job.refresh_from_db()
-        if job.cancel_requested:
-            return _finish(job, Job.CANCELLED)
-        if job.kind == "stream_replay":
-            if not _stream_replay_batch(job, params, limiter):
-                return _finish(job, Job.DONE)
-            continue
-        batch = list(filtered(params["filters"]).filter(pk__gt=job.last_id).order_by("pk")
-                     .only("id", "dl_seq", "stream", "stream_seq")[:BATCH])
-        if not batch:
-            return _finish(job, Job.DONE)
-        _purge_letters(batch)
-        Job.objects.filter(pk=job.pk).update(done=job.done + len(batch), last_id=batch[-1].pk)
+    def wait_sync(self, stop, step: float = 0.05) -> bool:
+        """Sleep until the next free slot without taking it; False if ``stop()`` came first."""
+        while True:
+            if stop():
+                return False
+            left = self.next - time.monotonic()
+            if left <= 0:
+                return True
+            time.sleep(min(step, left))
 
 
-def _next_letters(filters: dict, after: int) -> list[tuple]:
-    """The next batch of a replay job: (pk, dl_seq, stream, stream_seq) rows."""
-    return list(filtered(filters).filter(pk__gt=after).order_by("pk")
-                .values_list("pk", "dl_seq", "stream", "stream_seq")[:BATCH])
+def replay_sharded(pool, shard: Shard, batch: list[tuple], params: dict,
+                   limiter: RateLimit) -> list:
+    """A third of a batch in this process (which also does the database work), the
+    rest in the shard, at the same time; results in batch order. Rows the shard
+    could not do are done here (same ids)."""
+    cut = len(batch) // 3
+    mine = pool.submit(replay_batch, batch[:cut], params, limiter)
+    try:
+        theirs = shard.replay(batch[cut:], params.get("subject"),
+                              params.get("remove_original", False))
+    except js.JetStreamError:
+        theirs = replay_batch(batch[cut:], params, limiter)
+    return mine.result() + theirs
 
 
-def _run_replay(job: Job, params: dict, limiter: RateLimit) -> bool:
-    """A bulk replay, the bus work of one batch overlapping the database work of the
-    one before.
+def record_replays(job: Job, results: list, username: str) -> int:
+    """Replay rows and status=replayed for the letters whose PubAck came; how many.
+    (The caller holds the transaction that also moves the job's checkpoint.)
 
-    Steps per batch: in a helper thread, read the stored copies of BATCH letters
-    and publish them pipelined, waiting for every PubAck (``_replay_batch``; for
-    a large unthrottled job, two thirds of the batch go to a ``Shard`` process at
-    the same time); meanwhile this thread selects the batch after it and records
-    the batch before it (Replay rows, status=replayed, progress and the
-    checkpoint ``last_id``, in one transaction). At most one batch is published and not yet
-    recorded. If the job stops halfway (worker killed, bus gone for longer than
-    BUS_RETRY_S), the checkpoint is the last recorded batch: the batch after it
-    is published again on resume with the same ``Nats-Msg-Id``s, which the
-    target stream drops as duplicates, and then recorded. Cancelling stops
-    before the next batch is started; the batch in flight is still recorded.
+    Multi-row INSERTs rather than ``bulk_create`` (a model instance per row cost
+    more than the bus work of the batch) or ``executemany`` (one statement per
+    row: each gives up the GIL and waits to get it back from the bus loop, which
+    is busy at the same time).
     """
-    from concurrent.futures import ThreadPoolExecutor
+    from django.db import connection
 
-    from django.db import transaction
+    ok = [(row, result) for row, result in results if isinstance(result, dict)]
+    if not ok:
+        return 0
+    quote = connection.ops.quote_name
+    columns = ("dead_letter_id", "job_id", "username", "subject", "msg_id", "stream", "seq",
+               "duplicate", "at", "state", "generation")
+    at = Replay._meta.get_field("at").get_db_prep_save(timezone.now(), connection)
+    values = [(row[0], job.pk, username, r["subject"], r["msg_id"], r["stream"], r["seq"],
+               r["duplicate"], at, Replay.PUBLISHED, row[5]) for row, r in ok]
+    per = max(1, (connection.features.max_query_params or 65535) // len(columns))
+    head = f"INSERT INTO {quote(Replay._meta.db_table)} ({', '.join(map(quote, columns))}) VALUES "
+    one = "(" + ", ".join(["%s"] * len(columns)) + ")"
+    with connection.cursor() as cursor:
+        for start in range(0, len(values), per):
+            chunk = values[start:start + per]
+            cursor.execute(head + ", ".join([one] * len(chunk)),
+                           [value for row in chunk for value in row])
+    DeadLetter.objects.filter(pk__in=[row[0] for row, _ in ok]).update(status=DeadLetter.REPLAYED)
+    return len(ok)
 
-    if job.cancel_requested:
-        return _finish(job, Job.CANCELLED)
-    username = job.created_by.username if job.created_by_id else ""
-    filters = params["filters"]
-    done, failed = job.done, job.failed
-    shard = (Shard.start() if SHARDS > 1 and not limiter.interval
-             and job.total - job.done - job.failed >= SHARD_MIN else None)
-    with ThreadPoolExecutor(2, thread_name_prefix="lucent-replay") as pool:
-        def submit(rows):
-            if shard is None or not shard.alive:
-                return pool.submit(_replay_batch, job, rows, params, limiter)
-            return pool.submit(_replay_sharded, pool, shard, job, rows, params, limiter)
 
-        try:
-            batch = _next_letters(filters, job.last_id)
-            flight = submit(batch) if batch else None
-            while flight is not None:
-                following = _next_letters(filters, batch[-1][0])  # while batch is on the bus
-                results = flight.result()  # raises when the bus stayed away: the job fails
-                cancelled = Job.objects.filter(pk=job.pk, cancel_requested=True).exists()
-                flight = submit(following) if following and not cancelled else None
-                with transaction.atomic():  # the rows and the checkpoint, or neither
-                    ok = _record_replays(job, results, username)
-                    done, failed = done + ok, failed + len(results) - ok
-                    Job.objects.filter(pk=job.pk).update(done=done, failed=failed,
-                                                         last_id=batch[-1][0])
-                if cancelled and following:
-                    return _finish(job, Job.CANCELLED)
-                batch = following
-        finally:
-            if shard is not None:
-                shard.stop()
-    return _finish(job, Job.DONE)
+def replay_batch(batch: list[tuple], params: dict, limiter: RateLimit) -> list:
+    """Replay a batch of (pk, dl_seq, stream, stream_seq, subject, generation) rows:
+    [(row, result or ActionError)]. While the bus is away, wait and retry the whole
+    batch (the ids make the retry of what already went through a no-op). No database
+    access here: it runs beside the recording of the batch before."""
+    async def go(nc):
+        return await _replay_rows(nc, batch, params.get("subject"),
+                                  params.get("remove_original", False), limiter)
+
+    return _retrying(go)
 
 
 class Shard(Helper):
@@ -450,65 +492,6 @@ def shard_handler():
 
     replay.close = lambda: loop.run_until_complete(nc.close())
     return replay
-
-
-def _replay_sharded(pool, shard: Shard, job: Job, batch: list[tuple], params: dict,
-                    limiter: RateLimit) -> list:
-    """A third of a batch in this process (which also does the database work), the
-    rest in the shard, at the same time; results in batch order. Rows the shard
-    could not do are done here (same ids)."""
-    cut = len(batch) // 3
-    mine = pool.submit(_replay_batch, job, batch[:cut], params, limiter)
-    try:
-        theirs = shard.replay(batch[cut:], params.get("subject"),
-                              params.get("remove_original", False))
-    except js.JetStreamError:
-        theirs = _replay_batch(job, batch[cut:], params, limiter)
-    return mine.result() + theirs
-
-
-def _record_replays(job: Job, results: list, username: str) -> int:
-    """Replay rows and status=replayed for the letters whose PubAck came; how many.
-    (The caller holds the transaction that also moves the job's checkpoint.)
-
-    Multi-row INSERTs rather than ``bulk_create`` (a model instance per row cost
-    more than the bus work of the batch) or ``executemany`` (one statement per
-    row: each gives up the GIL and waits to get it back from the bus loop, which
-    is busy at the same time).
-    """
-    from django.db import connection
-
-    ok = [(row, result) for row, result in results if not isinstance(result, Exception)]
-    if not ok:
-        return 0
-    quote = connection.ops.quote_name
-    columns = ("dead_letter_id", "job_id", "username", "subject", "msg_id", "stream", "seq",
-               "duplicate", "at")
-    at = Replay._meta.get_field("at").get_db_prep_save(timezone.now(), connection)
-    values = [(row[0], job.pk, username, r["subject"], r["msg_id"], r["stream"], r["seq"],
-               r["duplicate"], at) for row, r in ok]
-    per = max(1, (connection.features.max_query_params or 65535) // len(columns))
-    head = f"INSERT INTO {quote(Replay._meta.db_table)} ({', '.join(map(quote, columns))}) VALUES "
-    one = "(" + ", ".join(["%s"] * len(columns)) + ")"
-    with connection.cursor() as cursor:
-        for start in range(0, len(values), per):
-            chunk = values[start:start + per]
-            cursor.execute(head + ", ".join([one] * len(chunk)),
-                           [value for row in chunk for value in row])
-    DeadLetter.objects.filter(pk__in=[row[0] for row, _ in ok]).update(status=DeadLetter.REPLAYED)
-    return len(ok)
-
-
-def _replay_batch(job: Job, batch: list[tuple], params: dict, limiter: RateLimit) -> list:
-    """Replay a batch of (pk, dl_seq, stream, stream_seq) rows: [(row, result or
-    ActionError)]. While the bus is away, wait and retry the whole batch (the ids
-    make the retry of what already went through a no-op). No database access here:
-    it runs beside the recording of the batch before."""
-    async def go(nc):
-        return await _replay_rows(nc, batch, params.get("subject"),
-                                  params.get("remove_original", False), limiter)
-
-    return _retrying(go)
 
 
 async def _batched_reads(nc) -> bool:
@@ -570,11 +553,13 @@ async def _replay_rows(nc, rows: list[tuple], subject: str | None, remove_origin
                        limiter: RateLimit) -> list:
     """Read, publish pipelined, wait for every PubAck; [(row, result or ActionError)].
 
-    A letter whose target no stream stores fails (ActionError) and stays; a
-    missing PubAck or a JetStream not yet ready raises JetStreamError, for the
-    caller to repeat the whole batch.
+    Rows are (pk, dl_seq, stream, stream_seq, subject, generation). A letter whose
+    stored copy is gone or belongs to another DEAD_LETTERS generation fails, as does
+    one whose target no stream stores (ActionError; it stays); a missing PubAck or a
+    JetStream not yet ready raises JetStreamError, for the caller to repeat the batch.
     """
     stored = await read_letters(nc, [row[1] for row in rows])
+    current = await current_generation(nc)
     out: list = [None] * len(rows)
     plan = []
     for i, row in enumerate(rows):
@@ -582,13 +567,15 @@ async def _replay_rows(nc, rows: list[tuple], subject: str | None, remove_origin
         target = subject or (msg["headers"].get(dl.H_SUBJECT) if msg else "") or ""
         if msg is None:
             out[i] = (row, ActionError(f"dead letter {row[1]} is no longer in DEAD_LETTERS"))
+        elif not same_letter(row[5], row[2], row[3], msg, current):
+            out[i] = (row, ActionError("no longer available: stored in an earlier DEAD_LETTERS"))
         elif msg["headers"].get(dl.H_PAYLOAD) == "missing":
             out[i] = (row, ActionError("payload unavailable: nothing to replay"))
         elif not target:
             out[i] = (row, ActionError("the original subject is unknown: give a subject"))
         else:
             plan.append((i, row, target, msg))
-    messages = [(target, msg["data"], replay_headers(msg["headers"], row[1], target))
+    messages = [(target, msg["data"], replay_headers(msg["headers"], row[1], target, row[5]))
                 for _, row, target, msg in plan]
     acks = await js.publish_many(nc, messages, in_flight=PUB_IN_FLIGHT,
                                  before=limiter.wait if limiter.interval else None)
@@ -679,7 +666,7 @@ def start_stream_replay(user, stream: str, target: str, start_seq=None, end_seq=
     return {"job": job.id, "matched": matched}
 
 
-def _stream_replay_batch(job: Job, params: dict, limiter: RateLimit) -> bool:
+def stream_replay_batch(job: Job, owner: str, params: dict, limiter: RateLimit) -> bool:
     """Replay the next batch of a stream range; False when the range is done."""
     stream, last, target = params["stream"], params["last_seq"], params["subject"]
     if job.last_id >= last:
@@ -710,9 +697,8 @@ def _stream_replay_batch(job: Job, params: dict, limiter: RateLimit) -> bool:
 
     results, checkpoint = _retrying(go)
     failed = sum(1 for r in results if isinstance(r, Exception))
-    Job.objects.filter(pk=job.pk).update(done=job.done + len(results) - failed,
-                                         failed=job.failed + failed, last_id=checkpoint)
-    return True
+    return job.advance(owner, done=job.done + len(results) - failed, failed=job.failed + failed,
+                       last_id=checkpoint)
 
 
 def _retrying(go):
@@ -736,22 +722,6 @@ async def _connected() -> bool:
     except Exception:
         return False
     return nc.is_connected
-
-
-def _finish(job: Job, state: str) -> bool:
-    job.refresh_from_db()
-    Job.objects.filter(pk=job.pk).update(state=state, finished_at=timezone.now())
-    audit_id = job.params.get("audit_id")
-    if audit_id:
-        AuditRecord.objects.filter(pk=audit_id).update(
-            detail=f"job {job.id} {state}: {job.total} matched, {job.done} succeeded, "
-                   f"{job.failed} failed")
-    return True
-
-
-def job_failed(job_id: int, error: str) -> None:
-    Job.objects.filter(pk=job_id).update(state=Job.FAILED, error=error[:2000],
-                                         finished_at=timezone.now())
 
 
 def require_operator(user) -> None:

@@ -1,4 +1,11 @@
+from datetime import timedelta
+
+from django.conf import settings
 from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+from lucent_console.models import AuditRecord
 
 
 class Sample(models.Model):
@@ -30,8 +37,11 @@ class DeadLetter(models.Model):
     """The index of one dead letter. The durable copy is the DEAD_LETTERS stream
     (``dl_seq``); ``manage.py deadletters reindex`` rebuilds this table from it."""
 
-    NEW, REPLAYED, PURGED = "new", "replayed", "purged"
-    STATUSES = [(NEW, "new"), (REPLAYED, "replayed"), (PURGED, "purged")]
+    NEW, REPLAYED, PURGED, UNKNOWN = "new", "replayed", "purged", "unknown"
+    # UNKNOWN: a job's runner died while publishing it to a stream that cannot be checked
+    # (no_ack, work queue, interest): whether it arrived is for an operator to decide.
+    STATUSES = [(NEW, "new"), (REPLAYED, "replayed"), (PURGED, "purged"),
+                (UNKNOWN, "outcome unknown")]
 
     dl_seq = models.BigIntegerField()
     # Which DEAD_LETTERS this row came from (the stream's ``created`` time): a stream
@@ -76,12 +86,23 @@ class DeadLetter(models.Model):
 
 
 class Job(models.Model):
-    """A bulk replay or purge, run by Celery, with progress the page and API show."""
+    """A bulk replay or purge, run by Celery, with progress the page and API show.
 
-    PENDING, RUNNING, DONE, FAILED, CANCELLED = "pending", "running", "done", "failed", "cancelled"
-    STATES = [(s, s) for s in (PENDING, RUNNING, DONE, FAILED, CANCELLED)]
+    A job is run by one runner at a time, ever: ``claim`` takes it with a conditional
+    update and a lease (``lease_owner``, ``lease_until``) that the runner renews while it
+    works; every write of progress is fenced by the lease (``advance``), so a runner that
+    lost its lease (it froze for longer than the lease) changes nothing. A runner that
+    died leaves its lease to run out, and the next ``claim`` (``jobs.resume_stale``,
+    every few seconds from beat) resumes the job from its checkpoint.
+    """
 
-    kind = models.CharField(max_length=16)  # replay | purge
+    PENDING, RUNNING, CANCELLING = "pending", "running", "cancelling"
+    DONE, FAILED, CANCELLED = "done", "failed", "cancelled"
+    STATES = [(s, s) for s in (PENDING, RUNNING, CANCELLING, DONE, FAILED, CANCELLED)]
+    ACTIVE = (PENDING, RUNNING, CANCELLING)
+    FINAL = (DONE, FAILED, CANCELLED)
+
+    kind = models.CharField(max_length=16)  # replay | purge | stream_replay
     state = models.CharField(max_length=16, choices=STATES, default=PENDING)
     params = models.JSONField(default=dict)
     total = models.IntegerField(default=0)
@@ -101,7 +122,73 @@ class Job(models.Model):
 
     @property
     def percent(self) -> int:
-        return int(100 * (self.done + self.failed) / self.total) if self.total else 100
+        handled = self.done + self.failed + self.unknown
+        return min(100, int(100 * handled / self.total)) if self.total else 100
+
+    @property
+    def active(self) -> bool:
+        return self.state in self.ACTIVE
+
+    @staticmethod
+    def lease_seconds() -> float:
+        return float(getattr(settings, "LUCENT_JOB_LEASE_S", 10))
+
+    def _mine(self, owner: str):
+        return Job.objects.filter(pk=self.pk, lease_owner=owner, state__in=self.ACTIVE)
+
+    def claim(self, owner: str) -> bool:
+        """Take the job for ``owner`` if nobody holds a live lease on it (one runner, ever)."""
+        now = timezone.now()
+        taken = (Job.objects.filter(pk=self.pk, state__in=self.ACTIVE)
+                 .filter(Q(lease_until__isnull=True) | Q(lease_until__lt=now) | Q(lease_owner=owner))
+                 .update(lease_owner=owner, lease_until=now + timedelta(seconds=self.lease_seconds())))
+        if taken != 1:
+            return False  # another runner holds it, or it ended
+        Job.objects.filter(pk=self.pk, state=self.PENDING).update(state=self.RUNNING)
+        self.refresh_from_db()
+        return True
+
+    def renew(self, owner: str) -> bool:
+        until = timezone.now() + timedelta(seconds=self.lease_seconds())
+        return self._mine(owner).update(lease_until=until) == 1
+
+    def advance(self, owner: str, **fields) -> bool:
+        """Write progress (counts, checkpoint, params) if ``owner`` still holds the lease."""
+        if self._mine(owner).update(**fields) != 1:
+            return False
+        for name, value in fields.items():
+            setattr(self, name, value)
+        return True
+
+    def finish(self, owner: str, state: str) -> bool:
+        """End the job (done or cancelled) and complete its audit record."""
+        if not self._mine(owner).update(state=state, finished_at=timezone.now(), lease_until=None):
+            return False
+        self.refresh_from_db()
+        audit_id = self.params.get("audit_id")
+        if audit_id:
+            AuditRecord.objects.filter(pk=audit_id).update(
+                detail=f"job {self.pk} {state}: {self.total} matched, {self.done} succeeded, "
+                       f"{self.failed} failed" + (f", {self.unknown} outcome unknown"
+                                                   if self.unknown else ""))
+        return True
+
+    def fail(self, error: str, owner: str | None = None) -> None:
+        rows = self._mine(owner) if owner else Job.objects.filter(pk=self.pk, state__in=self.ACTIVE)
+        rows.update(state=self.FAILED, error=error[:2000], finished_at=timezone.now(),
+                    lease_until=None)
+
+    def request_cancel(self) -> None:
+        """Cancel: a job nobody runs yet ends at once; a running one is told through its
+        row (its runner looks every 0.25 s) and shows ``cancelling`` until it stops."""
+        now = timezone.now()
+        if Job.objects.filter(pk=self.pk, state=self.PENDING, lease_owner="").update(
+                state=self.CANCELLED, cancel_requested=True, finished_at=now):
+            self.refresh_from_db()
+            return
+        Job.objects.filter(pk=self.pk, state__in=(self.PENDING, self.RUNNING)).update(
+            state=self.CANCELLING, cancel_requested=True)
+        self.refresh_from_db()
 
 
 class Replay(models.Model):

@@ -8,7 +8,7 @@ from asgiref.sync import sync_to_async
 from lucent_console.bus import deadletters as dl
 from lucent_console.bus import jetstream as js
 from lucent_console.models import AuditRecord
-from streams import capture, dlq, topology
+from streams import capture, dlq, jobs, topology
 from streams.models import DeadLetter, Job
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -154,7 +154,7 @@ async def test_replay_is_exactly_once_even_when_asked_twice(fresh_nc, fresh_serv
     assert first["seq"] == second["seq"]
     assert await _replayed_messages(fresh_nc) == 1  # the consumer sees it once
     stored = await js.next_message(fresh_nc, "ORDERS", first["seq"])
-    assert stored["headers"]["Nats-Msg-Id"] == dlq.replay_msg_id(letter.dl_seq, "orders.eu.0")
+    assert stored["headers"]["Nats-Msg-Id"] == dlq.replay_msg_id(letter.dl_seq, "orders.eu.0", letter.generation)
     assert "Lucent-DL-Reason" not in stored["headers"]
     await sync_to_async(letter.refresh_from_db)()
     assert letter.status == DeadLetter.REPLAYED
@@ -231,7 +231,7 @@ async def test_an_interrupted_bulk_replay_resumes_without_duplicates_or_losses(t
     monkeypatch.setattr(dlq, "BATCH", 10)
     job_id = (await sync_to_async(Job.objects.create)(
         kind="replay", total=40, params={"filters": {}, "subject": None, "rate": 40})).pk
-    runner = asyncio.ensure_future(sync_to_async(dlq.run_job, thread_sensitive=False)(job_id))
+    runner = asyncio.ensure_future(sync_to_async(jobs.run_job, thread_sensitive=False)(job_id))
     await asyncio.sleep(0.5)
     server.stop()  # the bus goes away mid-job
     await asyncio.sleep(1.5)
@@ -275,10 +275,10 @@ async def _bulk_replay_twice(nc, users, n: int) -> None:
         job = await sync_to_async(Job.objects.get)(pk=result["job"])
         assert (job.state, job.done, job.failed) == ("done", n, 0), attempt
         assert await _replayed_messages(nc) == n
-    stored = await js.next_message(nc, "ORDERS", 1)
+    stored = await js.next_message(nc, "ORDERS", 1, "orders.eu.0")  # shards publish in any order
     letter = await sync_to_async(DeadLetter.objects.get)(stream_seq=1)
     assert stored["data"] == b"order 0" and stored["headers"]["X-I"] == "0"
-    assert stored["headers"]["Nats-Msg-Id"] == dlq.replay_msg_id(letter.dl_seq, "orders.eu.0")
+    assert stored["headers"]["Nats-Msg-Id"] == dlq.replay_msg_id(letter.dl_seq, "orders.eu.0", letter.generation)
     assert not any(k.startswith("Lucent-DL-") for k in stored["headers"])
     assert await sync_to_async(DeadLetter.objects.filter(status="replayed").count)() == n
 
@@ -336,7 +336,7 @@ async def test_a_cancelled_bulk_replay_stops_at_a_batch_and_resumes_from_its_che
     await _explicit_letters(fresh_nc, 50)
     job = await sync_to_async(Job.objects.create)(kind="replay", total=50,
                                                   params={"filters": {}, "subject": None, "rate": 50})
-    runner = asyncio.ensure_future(sync_to_async(dlq.run_job, thread_sensitive=False)(job.pk))
+    runner = asyncio.ensure_future(sync_to_async(jobs.run_job, thread_sensitive=False)(job.pk))
     await asyncio.sleep(0.5)
     await sync_to_async(Job.objects.filter(pk=job.pk).update)(cancel_requested=True)
     await asyncio.wait_for(runner, 30)
@@ -347,7 +347,7 @@ async def test_a_cancelled_bulk_replay_stops_at_a_batch_and_resumes_from_its_che
     assert await _replayed_messages(fresh_nc) == job.done  # every publish recorded
     await sync_to_async(Job.objects.filter(pk=job.pk).update)(state=Job.RUNNING,
                                                              cancel_requested=False)
-    await sync_to_async(dlq.run_job)(job.pk)
+    await sync_to_async(jobs.run_job)(job.pk)
     await sync_to_async(job.refresh_from_db)()
     assert (job.state, job.done, job.failed) == ("done", 50, 0)
     assert await _replayed_messages(fresh_nc) == 50

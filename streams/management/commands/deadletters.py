@@ -1,6 +1,7 @@
 """``manage.py deadletters list|replay|purge|reindex``: the same service layer as the web."""
 
 import json
+import time
 
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
@@ -10,6 +11,8 @@ from lucent_console.bus.runner import run_with_bus
 from streams import capture, dlq
 from streams.deadletter_api import _row
 from streams.models import Job
+
+NO_WORKER_S = 10  # a job still queued after this long: say that no worker seems to be there
 
 
 class Command(BaseCommand):
@@ -23,6 +26,8 @@ class Command(BaseCommand):
         parser.add_argument("--to", dest="target", help="replay to this subject")
         parser.add_argument("--rate", type=float, help="messages per second")
         parser.add_argument("--dry-run", action="store_true")
+        parser.add_argument("--all", action="store_true",
+                            help="replay or purge every dead letter (needed when no filter is given)")
         parser.add_argument("--remove-original", action="store_true")
         parser.add_argument("--user", default="admin", help="who acts (audited); default admin")
         parser.add_argument("--limit", type=int, default=50)
@@ -71,15 +76,53 @@ class Command(BaseCommand):
             args = (opts["target"], opts["remove_original"]) if action == "replay" else ()
             self.stdout.write(json.dumps(fn(user, opts["id"], *args), default=str))
             return
+        if not filters and not opts["all"]:
+            raise CommandError(f"{action} of every dead letter: give a filter, or --all to mean it")
         if opts["dry_run"]:
             preview = dlq.dry_run(dlq.clean_filters(filters), opts["target"])
             self.stdout.write(json.dumps({"dry_run": True, **preview}, indent=2))
             return
         started = dlq.start_job(user, action, filters, opts["target"], opts["rate"],
                                 opts["remove_original"])
-        job = Job.objects.get(pk=started["job"])
-        if job.state not in (Job.DONE, Job.FAILED, Job.CANCELLED):
-            dlq.run_job(job.pk)  # here, with progress, rather than waiting for a worker
-            job.refresh_from_db()
+        self.wait(user, started["job"])
+
+    def wait(self, user, job_id: int) -> None:
+        """Follow the queued job with a progress bar until it ends; Ctrl-C cancels it.
+        The job runs in a Celery worker, never here as well (one runner, ever)."""
+        queued_at, warned = time.monotonic(), False
+        job = Job.objects.get(pk=job_id)
+        try:
+            while job.state not in Job.FINAL:
+                if (job.state == Job.PENDING and not warned
+                        and time.monotonic() - queued_at > NO_WORKER_S):
+                    warned = True
+                    self.stderr.write(f"\nno worker has taken job {job.pk} after {NO_WORKER_S:g} s: "
+                                      "is a Celery "
+                                      "worker running (manage.py up, or the Procfile's worker)? "
+                                      "It stays queued; Ctrl-C cancels it.")
+                self.progress(job)
+                time.sleep(0.5)
+                job.refresh_from_db()
+        except KeyboardInterrupt:
+            job = dlq.cancel_job(user, job.pk)
+            self.stderr.write(f"\ncancelling job {job.pk}...")
+            while job.state not in Job.FINAL:
+                time.sleep(0.25)
+                job.refresh_from_db()
+        self.progress(job)
+        self.stdout.write("")
         self.stdout.write(f"job {job.pk} {job.state}: {job.total} matched, {job.done} done, "
-                          f"{job.failed} failed")
+                          f"{job.failed} failed" + (f", {job.unknown} outcome unknown (see the "
+                                                    "dead-letter page)" if job.unknown else ""))
+        if job.error:
+            raise CommandError(job.error)
+
+    def progress(self, job) -> None:
+        if not self.stdout.isatty():
+            return
+        width = 30
+        filled = width * job.percent // 100
+        self.stdout.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {job.percent:3d}% "
+                          f"{job.done + job.failed + job.unknown}/{job.total} {job.state:<10}",
+                          ending="")
+        self.stdout.flush()
