@@ -154,7 +154,8 @@ async def test_replay_is_exactly_once_even_when_asked_twice(fresh_nc, fresh_serv
     assert first["seq"] == second["seq"]
     assert await _replayed_messages(fresh_nc) == 1  # the consumer sees it once
     stored = await js.next_message(fresh_nc, "ORDERS", first["seq"])
-    assert stored["headers"]["Nats-Msg-Id"] == dlq.replay_msg_id(letter.dl_seq, "orders.eu.0", letter.generation)
+    assert stored["headers"]["Nats-Msg-Id"] == dlq.replay_msg_id(letter.dl_seq, "orders.eu.0",
+                                                                 letter.generation)
     assert "Lucent-DL-Reason" not in stored["headers"]
     await sync_to_async(letter.refresh_from_db)()
     assert letter.status == DeadLetter.REPLAYED
@@ -278,7 +279,8 @@ async def _bulk_replay_twice(nc, users, n: int) -> None:
     stored = await js.next_message(nc, "ORDERS", 1, "orders.eu.0")  # shards publish in any order
     letter = await sync_to_async(DeadLetter.objects.get)(stream_seq=1)
     assert stored["data"] == b"order 0" and stored["headers"]["X-I"] == "0"
-    assert stored["headers"]["Nats-Msg-Id"] == dlq.replay_msg_id(letter.dl_seq, "orders.eu.0", letter.generation)
+    assert stored["headers"]["Nats-Msg-Id"] == dlq.replay_msg_id(letter.dl_seq, "orders.eu.0",
+                                                                 letter.generation)
     assert not any(k.startswith("Lucent-DL-") for k in stored["headers"])
     assert await sync_to_async(DeadLetter.objects.filter(status="replayed").count)() == n
 
