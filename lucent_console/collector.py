@@ -48,6 +48,15 @@ EVENT_COALESCE_S = 0.05
 DL_RATE_WINDOW_S = 60  # "dead letters a minute" (the alert rule) counts this window
 
 
+def _end_with_term(*tasks: asyncio.Task) -> None:
+    """Cancel ``tasks`` when the task that started them (a leader's term) ends, however it
+    ends: a term cancelled before it awaited them left its trace indexer retrying beside
+    the next term's."""
+    term = asyncio.current_task()
+    if term is not None:
+        term.add_done_callback(lambda _: [t.cancel() for t in tasks if not t.done()])
+
+
 class Collector:
     def __init__(self, nc: Client, interval: float | None = None) -> None:
         from agents.activity import AgentActivity, Window
@@ -238,6 +247,7 @@ class Collector:
 
         capturing = asyncio.create_task(capture.run(self.nc, stop))
         indexing = asyncio.create_task(trace_indexer.run(self.nc, stop))
+        _end_with_term(capturing, indexing)
         pushing = asyncio.create_task(self.push_events(stop))
         last_beat, was_ok = 0.0, None
         while not stop.is_set():
