@@ -166,3 +166,41 @@ def fresh_relay():
 @pytest.fixture(autouse=True)
 def inline_jobs(settings):
     settings.LUCENT_JOBS_INLINE = True
+
+
+# ---------------------------------------------------------------- time budgets of slow suites
+
+# Seconds each slow suite may take in all (its tests' setup, call and teardown added up):
+# `make test` must stay under 20 minutes on 2 cores, so a suite that grows past its budget
+# fails the run loudly rather than slowly eating the others' time. A test joins a suite
+# with `pytestmark = pytest.mark.suite("faults")`.
+BUDGETS_S = {"faults": 360.0, "fuzz": 240.0, "screenshots": 180.0}
+_spent: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report):
+    suite = getattr(report, "lucent_suite", None)
+    if suite:
+        _spent[suite] = _spent.get(suite, 0.0) + report.duration
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    marker = item.get_closest_marker("suite")
+    if marker is not None:
+        outcome.get_result().lucent_suite = marker.args[0]
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    for suite, spent in sorted(_spent.items()):
+        budget = BUDGETS_S.get(suite)
+        over = budget is not None and spent > budget
+        terminalreporter.write_line(
+            f"suite {suite}: {spent:.0f}s of its {budget:.0f}s budget"
+            + (" - OVER BUDGET" if over else ""), red=over)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if any(spent > BUDGETS_S.get(suite, float("inf")) for suite, spent in _spent.items()):
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -23,7 +23,7 @@ from streams.live import relay
 from .conftest import bus, run
 from .support import WebhookReceiver, crash_and_restart, freeze, thaw, wait_until
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.suite("faults")]
 FROZEN_S = 7.0
 BUS_FOR_S = 3.0  # > ping interval x outstanding pings, so the connections go stale
 

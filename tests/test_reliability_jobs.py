@@ -27,7 +27,7 @@ from streams.models import DeadLetter, Job, Replay
 from .support import ROOT
 from .test_deadletters import _explicit_letters
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.suite("faults")]
 SECOND = 10**9
 TARGET = "replays.in"
 
