@@ -15,6 +15,7 @@ from django.contrib.auth.decorators import login_not_required
 from django.http import HttpResponse
 from django.views.decorators.http import require_GET
 
+from agents.registry import instances_of, untracked_of
 from streams import services
 
 STREAM_GAUGES = [
@@ -110,10 +111,14 @@ def _agents_and_services(snapshot: dict) -> list[str]:
               for a in agents]
     lines += ["# HELP lucent_service_instance_up 1 up, 0 stale or down (label status says which)",
               "# TYPE lucent_service_instance_up gauge"]
-    for r in (snapshot.get("services") or {}).values():
+    for r in instances_of(snapshot.get("services")).values():
         lines.append(f'lucent_service_instance_up{{service="{_label(r["service"])}",'
                      f'instance="{_label(r["instance"])}",status="{r["status"]}"}} '
                      f'{1 if r["status"] == "up" else 0}')
+    untracked = untracked_of(snapshot.get("services"))
+    lines += ["# HELP lucent_service_instances_untracked Instances heard beyond LUCENT_SERVICE_MAX "
+              "(counted, not tracked)", "# TYPE lucent_service_instances_untracked gauge",
+              f"lucent_service_instances_untracked {untracked['count'] if untracked else 0}"]
     return lines
 
 
@@ -167,18 +172,38 @@ def _database() -> list[str]:
 def _trace_index(snapshot: dict | None) -> list[str]:
     """How far the trace index is behind each stream it reads with an ordered consumer
     (not cached: a handful of rows)."""
-    from traces.indexer import STREAMS, cursors
+    from lucent_console.bus import deadletters as dl
+    from traces.indexer import STREAMS, base, positions
 
     if not snapshot:
         return []
-    have = cursors()
+    have = positions()
     lines = ["# HELP lucent_trace_index_lag Messages of the stream not yet in the trace index",
              "# TYPE lucent_trace_index_lag gauge"]
     for name, ordered in STREAMS.items():
         s = (snapshot.get("streams") or {}).get(name)
         if ordered and s is not None:
-            done = max(have.get(name, 0), s["first_seq"] - 1)
+            gen, seq = have.get(name, ("", 0))
+            if gen and base(gen) != dl.generation(s):
+                seq = 0  # a point in an earlier life of the stream: all of this one is behind
+            done = max(seq, s["first_seq"] - 1)
             lines.append(f'lucent_trace_index_lag{{stream="{name}"}} {max(0, s["last_seq"] - done)}')
+    return lines
+
+
+def _quarantined() -> list[str]:
+    """Messages set aside by a pipeline (``streams.Quarantined``): each one is a message
+    the console could not index even with its fields emptied."""
+    from django.db.models import Count
+
+    from streams.models import Quarantined
+
+    lines = ["# HELP lucent_quarantined_total Messages a pipeline set aside (could not be stored)",
+             "# TYPE lucent_quarantined_total gauge"]
+    counts = dict(Quarantined.objects.order_by().values_list("pipeline").annotate(n=Count("id")))
+    for pipeline in sorted({"deadletter-index", "trace-index", *counts}):
+        lines.append(f'lucent_quarantined_total{{pipeline="{_label(pipeline)}"}} '
+                     f'{counts.get(pipeline, 0)}')
     return lines
 
 
@@ -200,6 +225,6 @@ def metrics(request):
         return HttpResponse("forbidden: set LUCENT_METRICS_TOKEN and send it as a bearer token\n",
                             status=403, content_type="text/plain")
     snapshot = services.current_snapshot()
-    body = (render(snapshot, services.live_status()) + "\n".join(_database() + _trace_index(snapshot))
-            + "\n")
+    body = (render(snapshot, services.live_status())
+            + "\n".join(_database() + _trace_index(snapshot) + _quarantined()) + "\n")
     return HttpResponse(body, content_type="text/plain; version=0.0.4; charset=utf-8")

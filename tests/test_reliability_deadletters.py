@@ -244,3 +244,151 @@ async def test_a_source_stream_declared_again_has_its_new_failures_captured(fres
     assert all(f"@{r.headers[dl.H_GENERATION]}:" in r.headers["Nats-Msg-Id"] for r in rows)
     await _settled(fresh_nc)
     await _settled(fresh_nc, capture.CAPTURE_CONSUMER, capture.ADVISORY_STREAM)
+
+
+# ---------------------------------------------------------------- the trace index
+
+@contextlib.asynccontextmanager
+async def _trace_indexing(nc):
+    from traces import indexer
+
+    idx = indexer.Indexer(nc, every=0.05)
+    stop = asyncio.Event()
+    task = asyncio.create_task(idx.run(stop))
+    await _until(lambda: len(idx.following) == len(indexer.STREAMS))
+    try:
+        yield idx
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 20)
+
+
+async def _jobs(nc, cid: str, n: int) -> None:
+    from lucent_console.bus import envelope
+
+    for i in range(n):
+        job = envelope.make("Assess", f"lucent.agents.risk.assessment.{i}", {"i": i},
+                            correlation_id=cid)
+        await nc.jetstream().publish(job["subject"], envelope.encode(job))
+
+
+def _seqs(cid: str) -> list[int]:
+    from traces.models import EnvelopeRecord
+
+    return sorted(EnvelopeRecord.objects.filter(correlation_id=cid).values_list("seq", flat=True))
+
+
+def _point(stream: str = "AGENT_COORDINATION") -> tuple[str, int]:
+    from traces.models import Cursor
+
+    return Cursor.objects.values_list("generation", "last_seq").get(stream=stream)
+
+
+async def _declare_again(nc, stream: str = "AGENT_COORDINATION") -> str:
+    await js.delete_stream(nc, stream)
+    await topology.apply(nc)
+    return dl.generation(await js.stream_info(nc, stream))
+
+
+async def test_the_trace_index_reads_a_stream_declared_again_from_its_start(fresh_nc):
+    await topology.apply(fresh_nc)
+    first = dl.generation(await js.stream_info(fresh_nc, "AGENT_COORDINATION"))
+    async with _trace_indexing(fresh_nc):
+        await _jobs(fresh_nc, "c-life-1", 5)
+        await _until(lambda: _seqs("c-life-1") == [1, 2, 3, 4, 5])
+        assert await sync_to_async(_point)() == (first, 5)
+        second = await _declare_again(fresh_nc)  # while it is followed
+        await _jobs(fresh_nc, "c-life-2", 3)
+        await _until(lambda: _seqs("c-life-2") == [1, 2, 3])
+        await _until(lambda: _point() == (second, 3))
+    # Declared again while the console is down, and longer than the old point this time.
+    third = await _declare_again(fresh_nc)
+    await _jobs(fresh_nc, "c-life-3", 7)
+    async with _trace_indexing(fresh_nc):
+        await _until(lambda: _seqs("c-life-3") == list(range(1, 8)))
+        await asyncio.sleep(0.5)  # anything read twice would be there now
+    assert await sync_to_async(_seqs)("c-life-1") == [1, 2, 3, 4, 5]
+    assert await sync_to_async(_seqs)("c-life-2") == [1, 2, 3]
+    assert await sync_to_async(_point)() == (third, 7)
+
+
+async def test_no_envelope_stalls_the_trace_index(fresh_nc, fresh_server):
+    from traces.models import EnvelopeRecord
+
+    await topology.apply(fresh_nc)
+    messages = []
+    for i, case in enumerate(CASES):
+        for subject in ("lucent.agents.x.poison", dl.subject("X", "y")):
+            messages.append((subject, {"X-Correlation-ID": f"c-good-{i}"}, b"{}"))
+            messages.append((subject, case.headers, case.payload))
+    acks = await publish_raw(fresh_server.url, messages)
+    assert all(a.get("seq") for a in acks), acks
+    n = len(messages) // 2
+    async with _trace_indexing(fresh_nc):
+        await _until(lambda: _point()[1] == n, timeout=30)
+        await _until(lambda: _point(dl.STREAM)[1] == n, timeout=30)
+        await asyncio.sleep(0.3)
+    for stream in ("AGENT_COORDINATION", dl.STREAM):
+        seqs = await sync_to_async(lambda s=stream: sorted(
+            EnvelopeRecord.objects.filter(stream=s).values_list("seq", flat=True)))()
+        assert seqs == list(range(1, n + 1)), stream  # every one, once
+    good = await sync_to_async(lambda: EnvelopeRecord.objects.filter(
+        correlation_id__startswith="c-good-").count())()
+    assert good == len(CASES) * 2
+    assert await sync_to_async(Quarantined.objects.count)() == 0
+
+
+def test_a_trace_row_the_database_refuses_is_emptied_or_quarantined_and_the_point_moves(monkeypatch):
+    from traces import indexer
+    from traces.models import EnvelopeRecord
+
+    now = datetime.now(UTC)
+    gen = "2026-03-03T00:00:00Z"
+
+    def row(seq, origin_seq=None):
+        return ("AGENT_COORDINATION", seq, f"lucent.agents.{seq}", f"m-{seq}", "c-refused", "", "T",
+                "", now, "", origin_seq, gen)
+
+    assert indexer.store([row(1), row(2, 2**70), row(3)]) == 3
+    assert _point() == (gen, 3)
+    refused = EnvelopeRecord.objects.get(seq=2)
+    assert (refused.message_id, refused.correlation_id, refused.origin_seq) == ("", "", None)
+    monkeypatch.setattr(indexer, "_emptied", lambda r: r)  # as if even emptied it were refused
+    assert indexer.store([row(4), row(5, 2**70), row(6)]) == 2
+    assert _point() == (gen, 6)
+    q = Quarantined.objects.get()
+    assert (q.pipeline, q.stream, q.generation, q.seq) == ("trace-index", "AGENT_COORDINATION", gen, 5)
+    assert sorted(EnvelopeRecord.objects.values_list("seq", flat=True)) == [1, 2, 3, 4, 6]
+
+
+async def test_a_term_that_ends_stops_its_trace_indexer_even_while_writes_fail(fresh_nc, monkeypatch):
+    from django.db import OperationalError
+
+    from lucent_console import collector
+    from traces import indexer
+
+    await topology.apply(fresh_nc)
+
+    def locked(*args):
+        raise OperationalError("database is locked")
+
+    monkeypatch.setattr(indexer, "store", locked)
+    monkeypatch.setattr(indexer, "backoff_delay", lambda *a, **kw: 0.05)
+    stop = asyncio.Event()
+    started: list[asyncio.Task] = []
+
+    async def term():
+        started.append(asyncio.create_task(indexer.run(fresh_nc, stop)))
+        started.append(asyncio.create_task(asyncio.sleep(3600)))
+        collector._end_with_term(*started)
+        await asyncio.sleep(3600)
+
+    task = asyncio.create_task(term())
+    await _jobs(fresh_nc, "c-locked", 3)
+    await asyncio.sleep(1.0)  # the indexer is retrying a write that keeps failing
+    stop.set()  # the term ends: the indexer gives up after a few tries
+    await asyncio.wait_for(asyncio.shield(started[0]), 10)
+    task.cancel()  # and whatever the term started ends with it
+    await asyncio.gather(task, return_exceptions=True)
+    await asyncio.sleep(0)
+    assert started[1].cancelled()

@@ -31,6 +31,16 @@ Steps, and what happens if it stops halfway:
 Stopped between 2 and 3, the rows in memory are lost, but the resume points were
 not advanced: the ordered streams are read again from there, nothing twice.
 Live-only messages published while the console is down are not indexed.
+
+Resume points carry the stream's generation (its ``created`` time): a stream deleted
+and declared again, another bus or a restored backup counts from 1 again, so a
+point of another generation restarts at the stream's first sequence, and a
+followed stream is checked every second for a new generation. No row holds the
+index: a field that cannot be read is left empty (``row_from`` never raises), a
+batch the database refuses for its data is stored row by row, a row refused even
+emptied is set aside in ``streams.Quarantined`` (pipeline ``trace-index``) and the
+resume point moves past it only then. Errors that are not the rows' fault
+(database locked) keep them for a retry, until the term ends.
 """
 
 from __future__ import annotations
@@ -44,7 +54,7 @@ from datetime import UTC, datetime, timedelta
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import close_old_connections, connection, transaction
+from django.db import DataError, IntegrityError, close_old_connections, connection, transaction
 from nats.aio.client import Client
 
 from lucent_console.bus import deadletters as dl
@@ -64,6 +74,12 @@ FIELDS = ("stream", "seq", "subject", "message_id", "correlation_id", "causation
           "message_type", "sender", "at", "origin_stream", "origin_seq")
 PLAUSIBLE = timedelta(hours=1)
 LIMITS = {f.name: f.max_length for f in EnvelopeRecord._meta.fields if f.max_length}
+INT64_MAX = 2**63 - 1
+PIPELINE = "trace-index"  # streams.Quarantined.pipeline
+CHECK_GENERATION_S = 1.0  # how often a followed ordered stream is checked for a new generation
+# Errors that are a row's fault (its data), not the database's: the row is stored emptied
+# or set aside rather than retried forever.
+DATA_ERRORS = (DataError, IntegrityError, OverflowError, ValueError, TypeError, UnicodeError)
 
 
 def _clip(value: str | None, field: str) -> str:
@@ -108,29 +124,60 @@ def fields_of(data: bytes, headers: dict | None) -> tuple:
 
 
 def row_from(stream: str, subject: str, reply: str | None, data: bytes, headers: dict | None,
-             received: datetime | None = None) -> tuple:
-    """One index row (``FIELDS`` order) from one delivered message; never raises."""
+             received: datetime | None = None, generation: str = "") -> tuple:
+    """One index row (``FIELDS`` order, then the stream's generation) from one delivered
+    message; never raises: what cannot be read is left empty."""
     seq, ns = tail.position(reply)
+    if seq is not None and not 0 <= seq <= INT64_MAX:
+        seq = None
+    try:
+        return _row(stream, subject, seq, ns, data, headers, received, generation)
+    except Exception as exc:  # a row with its fields empty rather than a hole in the index
+        log.warning("traces: %s #%s could not be read (%s: %s); indexed with its fields empty",
+                    stream, seq, type(exc).__name__, exc)
+        return (stream, seq, _clip(str(subject), "subject"), "", "", "", "", "",
+                _time_of(ns, received), "", None, generation)
+
+
+def _time_of(ns: int | None, received: datetime | None) -> datetime:
+    try:
+        if ns:
+            return datetime.fromtimestamp(ns / 1e9, UTC)
+    except (OverflowError, ValueError, OSError):
+        pass
+    return received or datetime.now(UTC)
+
+
+def _row(stream: str, subject: str, seq: int | None, ns: int | None, data: bytes,
+         headers: dict | None, received: datetime | None, generation: str) -> tuple:
     message_id, correlation_id, causation_id, message_type, sender, sent = fields_of(data, headers)
     if ns:
-        at = datetime.fromtimestamp(ns / 1e9, UTC)
+        at = _time_of(ns, received)
     else:
         # Read live: the publisher's time when it is plausible, as the receive time
         # lags behind whenever the console has a backlog.
         received = received or datetime.now(UTC)
-        sent = js.parse_time(sent)
-        at = sent if sent and sent.tzinfo and abs(sent - received) < PLAUSIBLE else received
+        at = received
+        try:
+            sent = js.parse_time(sent)
+            if sent and sent.tzinfo and abs(sent - received) < PLAUSIBLE:
+                at = sent
+        except (ValueError, OverflowError, TypeError):  # 0001-01-01T00:00:00+14:00 and such
+            pass
     origin_stream, origin_seq = "", None
     if stream == dl.STREAM:
         headers = headers or {}
         origin_stream = headers.get(dl.H_STREAM) or dl.parse_subject(subject)[0]
-        origin_seq = int(headers[dl.H_SEQ]) if headers.get(dl.H_SEQ, "").isdigit() else None
+        raw = headers.get(dl.H_SEQ, "")
+        # isdigit() also holds for digits int() cannot read, or past what the column holds.
+        if raw.isascii() and raw.isdigit() and len(raw) <= 19 and int(raw) <= INT64_MAX:
+            origin_seq = int(raw)
     elif not message_id and headers:
         message_id = headers.get("Nats-Msg-Id")
     return (stream, seq, _clip(subject, "subject"), _clip(message_id, "message_id"),
             _clip(correlation_id, "correlation_id"), _clip(causation_id, "causation_id"),
             _clip(message_type, "message_type"), _clip(sender, "sender"), at,
-            _clip(origin_stream, "origin_stream"), origin_seq)
+            _clip(origin_stream, "origin_stream"), origin_seq, generation)
 
 
 INSERT = (f"INSERT INTO {EnvelopeRecord._meta.db_table} ({', '.join((*FIELDS, 'indexed_at'))}) "
@@ -143,6 +190,30 @@ BATCH, BATCH_BEFORE = "(batch)", "(batch before)"
 def cursors() -> dict[str, int]:
     return dict(Cursor.objects.exclude(stream__in=(BATCH, BATCH_BEFORE))
                 .values_list("stream", "last_seq"))
+
+
+def positions() -> dict[str, tuple[str, int]]:
+    """stream -> (generation, last sequence stored)."""
+    return {s: (g, n) for s, g, n in Cursor.objects.exclude(stream__in=(BATCH, BATCH_BEFORE))
+            .values_list("stream", "generation", "last_seq")}
+
+
+def _generation(row: tuple) -> str:
+    return row[11] if len(row) > 11 else ""
+
+
+def base(generation: str) -> str:
+    """The stream's ``created`` time in a generation ("<created>#r<...>" after a restore)."""
+    return generation.split("#", 1)[0]
+
+
+def older(generation: str, than: str) -> bool:
+    """Whether ``generation`` is of a stream created before ``than``'s ("" is older than
+    any); False when that cannot be told."""
+    if not generation:
+        return bool(than)
+    a, b = js.parse_time(base(generation)), js.parse_time(base(than))
+    return bool(a and b and a < b)
 
 
 def store(rows: list[tuple], token: int | None = None, after: int | None = None) -> int:
@@ -158,31 +229,91 @@ def store(rows: list[tuple], token: int | None = None, after: int | None = None)
     times as much, multi-row INSERTs 1.5 times as much here (bench/trace_index.py;
     a 1 M-row index, 2026-11-27).
     """
-    upto = {r[0]: r[1] for r in rows if r[1] is not None}  # ordered streams: rising seqs
-    ops = connection.ops
-    now = ops.adapt_datetimefield_value(datetime.now(UTC))
+    # ordered streams: rising seqs, in a generation (after the last row of an older one)
+    upto = {r[0]: (_generation(r), r[1]) for r in rows if r[1] is not None}
     with transaction.atomic():
-        points = dict(Cursor.objects.select_for_update()
-                      .filter(stream__in=[*upto, BATCH, BATCH_BEFORE])
-                      .values_list("stream", "last_seq"))
+        points = {s: (g, n) for s, g, n in Cursor.objects.select_for_update()
+                  .filter(stream__in=[*upto, BATCH, BATCH_BEFORE])
+                  .values_list("stream", "generation", "last_seq")}
         if token is not None:
-            if token in (points.get(BATCH), points.get(BATCH_BEFORE)):
+            stored = [points[k][1] for k in (BATCH, BATCH_BEFORE) if k in points]
+            if token in stored:
                 return 0
-            if after is not None and points.get(BATCH) != after:
+            if after is not None and (points[BATCH][1] if BATCH in points else None) != after:
                 raise OutOfOrder("the batch before this one was not stored")
             if BATCH in points:
                 Cursor.objects.update_or_create(stream=BATCH_BEFORE,
-                                                defaults={"last_seq": points[BATCH]})
+                                                defaults={"last_seq": points[BATCH][1]})
             Cursor.objects.update_or_create(stream=BATCH, defaults={"last_seq": token})
-        params = [(*r[:8], ops.adapt_datetimefield_value(r[8]), r[9], r[10], now) for r in rows
-                  if r[1] is None or r[1] > points.get(r[0], 0)]
-        if params:
-            with connection.cursor() as cursor:
-                cursor.executemany(INSERT, params)
-        for stream, seq in upto.items():
-            if seq > points.get(stream, 0):
-                Cursor.objects.update_or_create(stream=stream, defaults={"last_seq": seq})
-    return len(params)
+        new = [r for r in rows if r[1] is None or not _stored(r, points.get(r[0]))]
+        inserted = _insert(new) if new else 0
+        for stream, (gen, seq) in upto.items():
+            have = points.get(stream)
+            if have is None or (gen != have[0] and not older(gen, have[0])) \
+                    or (gen == have[0] and seq > have[1]):
+                Cursor.objects.update_or_create(stream=stream, defaults={"last_seq": seq,
+                                                                         "generation": gen})
+    return inserted
+
+
+def _stored(row: tuple, point: tuple[str, int] | None) -> bool:
+    """Whether an ordered stream's row is at or below its resume point (stored by another
+    indexer), or of a generation older than the point's."""
+    if point is None:
+        return False
+    gen = _generation(row)
+    if gen == point[0]:
+        return row[1] <= point[1]
+    return older(gen, point[0])
+
+
+def _params(row: tuple, now) -> tuple:
+    return (*row[:8], connection.ops.adapt_datetimefield_value(row[8]), row[9], row[10], now)
+
+
+def _insert(rows: list[tuple]) -> int:
+    """Insert ``rows`` (in the caller's transaction); how many went in. Rows the database
+    refuses for their data go in one by one, emptied if need be, else quarantined."""
+    now = connection.ops.adapt_datetimefield_value(datetime.now(UTC))
+    try:
+        with transaction.atomic(), connection.cursor() as cursor:  # a savepoint
+            cursor.executemany(INSERT, [_params(r, now) for r in rows])
+        return len(rows)
+    except DATA_ERRORS as exc:
+        log.warning("traces: a batch of %d rows was refused (%s: %s); storing one by one",
+                    len(rows), type(exc).__name__, exc)
+    inserted = 0
+    for row in rows:
+        problem = None
+        for attempt in (row, _emptied(row)):
+            try:
+                with transaction.atomic(), connection.cursor() as cursor:
+                    cursor.execute(INSERT, _params(attempt, now))
+                inserted += 1
+                if attempt is not row:
+                    log.warning("traces: %s #%s refused (%s: %s); indexed with its fields empty",
+                                row[0], row[1], type(problem).__name__, problem)
+                break
+            except DATA_ERRORS as exc:
+                problem = exc
+        else:
+            from streams.capture import quarantine
+
+            quarantine(PIPELINE, str(row[0]), _generation(row), row[1], str(row[2]),
+                       f"{type(problem).__name__}: {problem}", {}, 0)
+    return inserted
+
+
+def _emptied(row: tuple) -> tuple:
+    """The row with only its place (stream, sequence, subject as ASCII) and a sane time."""
+    at = row[8] if isinstance(row[8], datetime) and row[8].tzinfo else datetime.now(UTC)
+    try:
+        at.astimezone(UTC)
+    except (OverflowError, ValueError):
+        at = datetime.now(UTC)
+    subject = str(row[2]).encode("ascii", "backslashreplace").decode()[:LIMITS["subject"]]
+    return (str(row[0])[:LIMITS["stream"]], row[1], subject.replace("\x00", ""), "", "", "", "", "",
+            at, "", None, _generation(row))
 
 
 class OutOfOrder(Exception):
@@ -228,6 +359,8 @@ class Indexer:
         self.writer_failures = 0
         self.rows: list[tuple] = []
         self.last: dict[str, int] = {}  # stream -> last seq read (stored or in self.rows)
+        self.generation: dict[str, str] = {}  # ordered stream -> the generation being read
+        self.stop: asyncio.Event | None = None  # set when the term ends: retries give up
         self.behind: set[str] = set()  # ordered streams stopped until the backlog is written
         self.following: set[str] = set()  # streams subscribed to right now
         self.connections: dict[str, Client] = {}  # ordered stream -> its own bus connection
@@ -244,7 +377,8 @@ class Indexer:
                 else:
                     self.dropped += 1
                 return
-            row = row_from(stream, msg.subject, msg.reply, msg.data, msg.headers)
+            row = row_from(stream, msg.subject, msg.reply, msg.data, msg.headers,
+                           generation=self.generation.get(stream, "") if ordered else "")
             if ordered:
                 # A recreated ordered consumer must not add a row twice (bus.tail).
                 if row[1] is None or row[1] <= self.last.get(stream, 0):
@@ -267,15 +401,20 @@ class Indexer:
                     # (see bus.client.sibling), which must not close the collector's.
                     conn = await sibling(self.nc, f"trace-index {stream}")
                     self.connections[stream] = conn
-                    start = await tail.resume_from(conn, stream, self.last.get(stream, 0) + 1)
-                    self.last[stream] = start - 1
+                    info = await js.stream_info(conn, stream)
+                    start = self.start(stream, info)
                     subs = [await tail.ordered(conn, stream, start, cb)]
                 else:
                     subs = await tail.live(self.nc, stream, cb)
                 attempt = 0
                 self.following.add(stream)
+                checked = asyncio.get_running_loop().time()
                 while not stop.is_set() and stream not in self.behind:
                     await _sleep(stop, 0.5)
+                    if ordered and asyncio.get_running_loop().time() - checked >= CHECK_GENERATION_S:
+                        checked = asyncio.get_running_loop().time()
+                        if self.declared_again(stream, await js.stream_info(conn, stream)):
+                            break
             except Exception as exc:
                 log.warning("traces: cannot follow %s (%s); retrying", stream, exc)
                 await _sleep(stop, backoff_delay(attempt, base=1.0, cap=10.0))
@@ -298,6 +437,50 @@ class Indexer:
                     self.behind.discard(stream)
                 else:
                     await _sleep(stop, 0.2)
+
+    def start(self, stream: str, info: dict) -> int:
+        """Where to read ``stream`` from, and under which generation (``self.generation``).
+
+        A point of this generation resumes after it; one of another generation (the
+        stream declared again, another bus) restarts at the stream's first sequence; a
+        point past the end of its own generation (a backup restored: same ``created``,
+        fewer messages) starts a generation of its own there, so that the rows to come
+        are not taken for ones stored before. Points from before generations ("") are
+        judged by the stream's length, as they were.
+        """
+        gen, state = dl.generation(info), info.get("state", {})
+        first, last_seq = max(1, state.get("first_seq") or 1), state.get("last_seq", 0)
+        held, seq = self.generation.get(stream), self.last.get(stream, 0)
+        if held is None or (not held and seq == 0):
+            start, label = max(1, seq + 1), gen  # never read: from the start, as before
+        elif not held:
+            start, label = (1 if seq + 1 > last_seq + 1 else seq + 1), gen
+        elif base(held) == gen and seq <= last_seq:
+            start, label = seq + 1, held
+        elif base(held) == gen:
+            label = f"{gen}#r{secrets.token_hex(3)}"
+            log.warning("traces: %s ends at %d, before the %d indexed (restored from a backup?); "
+                        "indexing it from %d as generation %s", stream, last_seq, seq, first, label)
+            start = first
+        else:
+            log.warning("traces: %s was declared again (generation %s, was %s); indexing it from "
+                        "%d", stream, gen, held, first)
+            start, label = first, gen
+        self.generation[stream], self.last[stream] = label, start - 1
+        return start
+
+    def declared_again(self, stream: str, info: dict) -> bool:
+        """Whether the followed ``stream`` now has another generation. Rows waiting that
+        were stored after the new one was created came from it (nats-py recreates an
+        ordered consumer by itself) and are read again from its first sequence."""
+        gen, held = dl.generation(info), self.generation.get(stream, "")
+        if not held or base(held) == gen:
+            return False
+        created = js.parse_time(gen)
+        if created is not None:
+            self.rows = [r for r in self.rows if not (r[0] == stream and _generation(r) == held
+                                                      and r[8] >= created)]
+        return True
 
     async def flush(self, attempts: int | None = None) -> int:
         """Write the oldest ``max_batch`` rows waiting (one transaction, so other writers
@@ -402,6 +585,8 @@ class Indexer:
                 await sync_to_async(close_old_connections)()
                 if attempts is not None and attempt >= attempts:
                     raise
+                if self.stop is not None and self.stop.is_set() and attempt >= 3:
+                    raise  # the term ended: the next one reads these again from the points
                 await asyncio.sleep(backoff_delay(attempt, base=0.5, cap=10.0))
                 await self.spawn(len(self.rows) + len(rows))
 
@@ -437,7 +622,10 @@ class Indexer:
             await asyncio.to_thread(writer.stop)
 
     async def run(self, stop: asyncio.Event) -> None:
-        self.last = await sync_to_async(cursors)()
+        self.stop = stop
+        points = await sync_to_async(positions)()
+        self.last = {s: n for s, (_, n) in points.items()}
+        self.generation = {s: g for s, (g, _) in points.items()}
         tasks = [asyncio.create_task(self.follow(s, ordered, stop))
                  for s, ordered in STREAMS.items()]
         try:
@@ -447,7 +635,12 @@ class Indexer:
                 except TimeoutError:
                     pass
                 self.full.clear()
-                await self.flush()
+                try:
+                    await self.flush()
+                except Exception:
+                    if not stop.is_set():
+                        raise
+                    break  # the term ended while a write was failing: stop trying
                 if self.dropped:
                     log.warning("traces: backlog full, %d live messages not indexed", self.dropped)
                     self.dropped = 0

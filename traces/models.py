@@ -36,11 +36,16 @@ class Cursor(models.Model):
     """How far the index has read a stream: rows up to ``last_seq`` are stored.
 
     Written in the same transaction as those rows, so a restart resumes at
-    ``last_seq + 1`` with nothing lost and nothing twice.
+    ``last_seq + 1`` with nothing lost and nothing twice. ``generation`` is the
+    stream's ``created`` time: a stream deleted and declared again (or another bus,
+    a restored backup) counts from 1 again, so a cursor of another generation
+    restarts at the stream's first sequence ("" for cursors from before this field:
+    judged by the stream's length, as they were).
     """
 
     stream = models.CharField(max_length=64, unique=True)
     last_seq = models.BigIntegerField(default=0)
+    generation = models.CharField(max_length=80, default="", blank=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     def __str__(self) -> str:
