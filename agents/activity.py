@@ -20,6 +20,8 @@ import time
 
 from lucent_console.bus import envelope, watch
 
+from .registry import UNTRACKED_KEY, clean_text
+
 STREAM = "AGENT_COORDINATION"
 PREFIX = "lucent.agents."
 FEED_SIZE = 50
@@ -130,7 +132,8 @@ class AgentActivity:
         kind.tasks.add(".".join(subject.split(".")[3:])[:100])
         kind.last_seen = now
         decoded = envelope.decode(data, headers)
-        sender = str((decoded.sender or {}).get("serviceId") or "")[:120]
+        # Values from the payload are shown on /agents/ and in the API: printable text.
+        sender = clean_text(str((decoded.sender or {}).get("serviceId") or ""), 120)
         source = kind_of_service(sender, self.kinds)
         if source is not None:
             self.kinds[source].msgs_out.add(now)
@@ -138,8 +141,9 @@ class AgentActivity:
         if len(self.seq_kind) > 100_000:
             self.seq_kind.popitem(last=False)
         self.feed[seq] = {"key": f"{seq:012d}", "seq": seq, "at": round(now, 3), "kind": name,
-                          "subject": subject[:300], "type": (decoded.message_type or "")[:120],
-                          "sender": sender, "correlation_id": (decoded.correlation_id or "")[:200],
+                          "subject": subject[:300], "type": clean_text(decoded.message_type or "", 120),
+                          "sender": sender,
+                          "correlation_id": clean_text(decoded.correlation_id or "", 200),
                           "outcome": "queued", "deliveries": 0, "consumer": "", "ms": None}
         while len(self.feed) > FEED_SIZE:
             self.feed.popitem(last=False)
@@ -217,7 +221,9 @@ class AgentActivity:
                     by_kind.setdefault(name, []).append(c)
         names = set(self.kinds) | set(by_kind)
         instances: dict[str, list[dict]] = {}
-        for r in services.values():
+        for key, r in services.items():
+            if key == UNTRACKED_KEY:
+                continue
             name = kind_of_service(r["service"], names)
             if name is not None:
                 instances.setdefault(name, []).append(r)

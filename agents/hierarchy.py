@@ -14,6 +14,8 @@ import time
 
 from lucent_console.bus import envelope
 
+from .registry import clean_text
+
 LEVELS = ("node", "cluster", "site", "global")
 WINDOW_S = 60.0
 PROPAGATION_S = 300.0
@@ -33,7 +35,9 @@ class Hierarchy:
         if len(tokens) < 3 or tokens[2] not in LEVELS:
             return None
         level = tokens[2]
-        key = "global" if level == "global" else f"{level}:{'.'.join(tokens[3:]) or '?'}"
+        # The id comes from whoever published: bounded, printable text.
+        ident = clean_text(".".join(tokens[3:]), 200)
+        key = "global" if level == "global" else f"{level}:{ident or '?'}"
         times = self.times.setdefault(key, collections.deque())
         times.append(now)
         while times and now - times[0] > WINDOW_S:

@@ -5,54 +5,180 @@ instance; each sweep puts ``records(now)`` in the snapshot, where status is
 ``up``, ``stale`` (no heartbeat for 2 intervals) or ``down`` (5 intervals, or
 the service said so). Records change only when a heartbeat arrives or a
 status flips, so an idle snapshot delta stays empty.
+
+Bounds: anyone may publish a heartbeat, so the registry forgets an instance silent
+for ``LUCENT_SERVICE_FORGET_S`` and keeps at most ``LUCENT_SERVICE_MAX``; instances
+beyond that are counted, not kept, and the count travels in the snapshot as one
+record under ``UNTRACKED_KEY`` (no real key can take it: theirs hold a ``/``).
+Every value from the bus passes ``safe_value`` on its way in, so the snapshot, the
+pages, the API and /metrics only ever see JSON-safe, bounded values.
 """
 
 from __future__ import annotations
 
+import math
 import time
+from typing import Any
 
 from lucent_console.bus import envelope
 
 DEFAULT_INTERVAL_S = 5.0
+MAX_INTERVAL_S = 86_400.0
 STALE_AFTER, DOWN_AFTER = 2, 5
 DOWN_WORDS = {"down", "error", "failed", "critical", "unhealthy"}
 DETAIL_KEYS_SKIPPED = {"status", "service", "version", "nodeId", "interval_s"}
+UNTRACKED_KEY = "untracked"  # the snapshot record counting instances beyond the limit
+DEFAULT_FORGET_S = 24 * 3600.0
+DEFAULT_MAX = 1000
+# What a value from the bus may be once kept: JSON numbers a browser and PostgreSQL
+# read exactly, short strings, shallow and small structures.
+MAX_DEPTH = 3
+MAX_ITEMS = 30
+MAX_TEXT = 200
+MAX_DETAILS = 30
+INT_LIMIT = 2**63
+DEPTH_MARK = "…(deeper)"
+UNTRACKED_CAP = 100_000  # distinct untracked instances counted (beyond: "at least")
 
 
-def _text(value, limit: int = 200) -> str:
-    return str(value)[:limit] if value is not None else ""
+def clean_text(value: str, limit: int = MAX_TEXT) -> str:
+    """``value`` clipped, without what cannot be sent as UTF-8 (lone surrogates, which
+    JSON's ``\\ud800`` escapes make) or stored in PostgreSQL text (NUL)."""
+    value = value[:limit]
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        value = value.encode("utf-8", "backslashreplace").decode("utf-8")[:limit]
+    return value.replace("\x00", "\ufffd")
+
+
+def _number(value: int | float) -> int | float | str:
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return value
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if -INT_LIMIT < value < INT_LIMIT:
+        return value
+    try:
+        return clean_text(str(value))
+    except ValueError:  # more digits than Python will print
+        return "(integer too large)"
+
+
+def safe_value(value: Any, depth: int = 0) -> Any:
+    """``value`` (decoded JSON from the bus) as a JSON-safe, bounded value: non-finite
+    floats and integers beyond 64 bits become text, strings are clipped, structures
+    deeper than ``MAX_DEPTH`` end in a marker, longer ones keep their first items."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)):
+        return _number(value)
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, dict):
+        if depth >= MAX_DEPTH:
+            return DEPTH_MARK
+        return {clean_text(str(k), 80): safe_value(v, depth + 1)
+                for k, v in list(value.items())[:MAX_ITEMS]}
+    if isinstance(value, (list, tuple)):
+        if depth >= MAX_DEPTH:
+            return DEPTH_MARK
+        return [safe_value(v, depth + 1) for v in value[:MAX_ITEMS]]
+    return clean_text(repr(value))
+
+
+def _text(value, limit: int = MAX_TEXT) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return clean_text(str(_number(value)), limit)
+    try:
+        return clean_text(str(value), limit)
+    except ValueError:
+        return "(unprintable)"
+
+
+def _interval(value) -> float:
+    """Seconds between heartbeats, from what the service says: a finite number within
+    reason, else the default (``Infinity`` would keep a dead instance up forever)."""
+    try:
+        interval = float(value or DEFAULT_INTERVAL_S)
+    except (TypeError, ValueError, OverflowError):
+        return DEFAULT_INTERVAL_S
+    if not math.isfinite(interval):
+        return DEFAULT_INTERVAL_S
+    return min(MAX_INTERVAL_S, max(0.1, interval))
+
+
+def _settings() -> tuple[float, int]:
+    try:
+        from django.conf import settings
+
+        return (float(getattr(settings, "LUCENT_SERVICE_FORGET_S", DEFAULT_FORGET_S)),
+                int(getattr(settings, "LUCENT_SERVICE_MAX", DEFAULT_MAX)))
+    except Exception:  # outside Django (a benchmark): the defaults
+        return DEFAULT_FORGET_S, DEFAULT_MAX
+
+
+def instances_of(services: dict | None) -> dict[str, dict]:
+    """The instance records of a snapshot's ``services`` table (without the count of
+    untracked ones)."""
+    return {k: r for k, r in (services or {}).items() if k != UNTRACKED_KEY}
+
+
+def untracked_of(services: dict | None) -> dict | None:
+    """``{"count", "limit", "at_least"}`` when instances went untracked, else None."""
+    record = (services or {}).get(UNTRACKED_KEY)
+    return record if record and record.get("count") else None
 
 
 class ServiceRegistry:
-    def __init__(self) -> None:
+    def __init__(self, forget_s: float | None = None, max_instances: int | None = None) -> None:
         self.instances: dict[str, dict] = {}
+        self.untracked: dict[str, float] = {}  # key -> last heard, for instances beyond the limit
+        self.forget_s, self.max_instances = forget_s, max_instances
+
+    def _limits(self) -> tuple[float, int]:
+        forget_s, most = _settings() if None in (self.forget_s, self.max_instances) else (0, 0)
+        return (self.forget_s if self.forget_s is not None else forget_s,
+                self.max_instances if self.max_instances is not None else most)
 
     def heartbeat(self, subject: str, data: bytes, headers: dict | None = None,
-                  now: float | None = None) -> dict:
-        """Record one heartbeat; never raises on a malformed one."""
+                  now: float | None = None) -> dict | None:
+        """Record one heartbeat; never raises on a malformed one. None when the
+        instance is beyond the limit (counted, not kept)."""
         now = time.time() if now is None else now
         tokens = subject.split(".")
-        service = tokens[2] if len(tokens) > 3 else _text(subject)
+        service = _text(tokens[2] if len(tokens) > 3 else subject)
         decoded = envelope.decode(data, headers)
         body = decoded.envelope.get("payload") if decoded.envelope else decoded.json_value
         body = body if isinstance(body, dict) else {}
         sender = decoded.sender or {}
         instance = _text(sender.get("instanceId") or body.get("instance") or service)
-        try:
-            interval = float(body.get("interval_s") or DEFAULT_INTERVAL_S)
-        except (TypeError, ValueError):
-            interval = DEFAULT_INTERVAL_S
+        key = f"{service}/{instance}"
+        _, most = self._limits()
+        if key not in self.instances and len(self.instances) >= most:
+            if key in self.untracked or len(self.untracked) < UNTRACKED_CAP:
+                self.untracked[key] = now
+            return None
+        self.untracked.pop(key, None)
+        details = {}
+        for k, v in body.items():
+            if len(details) >= MAX_DETAILS:
+                break
+            if k not in DETAIL_KEYS_SKIPPED:
+                details[clean_text(str(k), 80)] = safe_value(v, 1)
         record = {
-            "key": f"{service}/{instance}", "service": service, "instance": instance,
+            "key": key, "service": service, "instance": instance,
             "version": _text(body.get("version") or sender.get("version")),
             "node": _text(body.get("nodeId") or sender.get("nodeId")),
             "reported": _text(body.get("status") or "ok", 40),
-            "interval_s": max(0.1, interval), "last_seen": now,
-            "details": {k: v for k, v in body.items() if k not in DETAIL_KEYS_SKIPPED
-                        and isinstance(v, (str, int, float, bool, type(None)))},
-            "problems": decoded.problems if decoded.kind != "envelope" else [],
+            "interval_s": _interval(body.get("interval_s")), "last_seen": now,
+            "details": details,
+            "problems": [clean_text(p) for p in decoded.problems[:10]]
+            if decoded.kind != "envelope" else [],
         }
-        self.instances[record["key"]] = record
+        self.instances[key] = record
         return record
 
     @staticmethod
@@ -66,9 +192,25 @@ class ServiceRegistry:
             return "stale"
         return "up"
 
+    def forget(self, now: float) -> list[str]:
+        """Drop the instances silent for longer than the forget time; their keys."""
+        forget_s, _ = self._limits()
+        gone = [k for k, r in self.instances.items() if now - r["last_seen"] > forget_s]
+        for key in gone:
+            del self.instances[key]
+        for key in [k for k, at in self.untracked.items() if now - at > forget_s]:
+            del self.untracked[key]
+        return gone
+
     def records(self, now: float | None = None) -> dict[str, dict]:
         now = time.time() if now is None else now
-        return {key: {**r, "status": self.status(r, now)} for key, r in sorted(self.instances.items())}
+        self.forget(now)
+        out = {key: {**r, "status": self.status(r, now)} for key, r in sorted(self.instances.items())}
+        if self.untracked:
+            _, most = self._limits()
+            out[UNTRACKED_KEY] = {"key": UNTRACKED_KEY, "count": len(self.untracked),
+                                  "limit": most, "at_least": len(self.untracked) >= UNTRACKED_CAP}
+        return out
 
 
 KEEP_EVENTS = 10_000
@@ -84,7 +226,10 @@ def event_from(subject: str, data: bytes, headers: dict | None = None):
     kind = ServiceEvent.ALERT if tokens[-1] == "alerts" else ServiceEvent.CONFIG
     decoded = envelope.decode(data, headers)
     body = decoded.envelope.get("payload") if decoded.envelope else decoded.json_value
-    body = body if isinstance(body, dict) else {"value": decoded.text or decoded.hex or ""}
+    # Kept as a JSON column and shown on /services/: bounded and JSON-safe first (a
+    # 1000-deep payload cannot even be printed, NaN is no JSON PostgreSQL would store).
+    body = (safe_value(body) if isinstance(body, dict)
+            else {"value": clean_text(decoded.text or decoded.hex or "", 2000)})
     sender = decoded.sender or {}
     message = body.get("message") or ", ".join(f"{k}={v}" for k, v in body.items())
     return ServiceEvent(kind=kind, service=_text(tokens[2] if len(tokens) > 3 else subject),

@@ -10,6 +10,7 @@ from rest_framework.response import Response
 
 from streams import services as stream_services
 
+from . import registry
 from .activity import STREAM
 from .models import ServiceEvent
 
@@ -17,14 +18,15 @@ COUNTS = ("up", "stale", "down")
 
 
 def instances(snapshot: dict | None) -> list[dict]:
-    return list(((snapshot or {}).get("services") or {}).values())
+    return list(registry.instances_of((snapshot or {}).get("services")).values())
 
 
 def panel(snapshot: dict | None) -> dict:
     rows = instances(snapshot)
     order = {"down": 0, "stale": 1, "up": 2}
     rows.sort(key=lambda r: (order.get(r["status"], 3), r["service"], r["instance"]))
-    return {"instances": rows, "counts": {s: sum(r["status"] == s for r in rows) for s in COUNTS}}
+    return {"instances": rows, "counts": {s: sum(r["status"] == s for r in rows) for s in COUNTS},
+            "untracked": registry.untracked_of((snapshot or {}).get("services"))}
 
 
 def recent_events(limit: int = 50) -> list[ServiceEvent]:

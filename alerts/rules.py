@@ -19,6 +19,8 @@ import time
 from dataclasses import dataclass
 from urllib.parse import quote
 
+from agents.registry import instances_of
+
 from .models import Rule
 
 CONSUMER_KINDS = {Rule.CONSUMER_PENDING, Rule.CONSUMER_STALLED, Rule.ACK_PENDING_NEAR_MAX}
@@ -121,7 +123,7 @@ def conditions(snapshot: dict, rules: list[Rule]) -> dict[str, Condition]:
                 add(rule, name, (f"agent {a['status']}: {a['failures']} failures in 1 h, "
                                  f"{a['in_flight']} in flight, {a['waiting']} waiting", a["failures"]),
                     f"/agents/{quote(name, safe='')}/")
-    for key, r in (snapshot.get("services") or {}).items():
+    for key, r in instances_of(snapshot.get("services")).items():
         for kind, status in ((Rule.SERVICE_STALE, "stale"), (Rule.SERVICE_DOWN, "down")):
             for rule in by_kind.get(kind, []):
                 if rule.matches(key) and r["status"] == status:

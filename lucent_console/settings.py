@@ -253,3 +253,25 @@ LUCENT_JOBS_INLINE = envbool("LUCENT_JOBS_INLINE", "0")
 LUCENT_JOB_LEASE_S = envint("LUCENT_JOB_LEASE_S", "10")
 if LUCENT_JOB_LEASE_S < 2:
     raise ImproperlyConfigured(f"LUCENT_JOB_LEASE_S={LUCENT_JOB_LEASE_S} must be at least 2 (seconds)")
+
+# Bounds on what the bus can make the console hold or send (issue 12). Anyone on the bus
+# can publish heartbeats and messages: these keep memory, pages and notifications finite.
+# Seconds after which a silent service instance is forgotten (no "resolved" notification).
+LUCENT_SERVICE_FORGET_S = envint("LUCENT_SERVICE_FORGET_S", str(24 * 3600))
+# Service instances tracked at most; beyond, new ones are counted and shown as one line.
+LUCENT_SERVICE_MAX = envint("LUCENT_SERVICE_MAX", "1000")
+# More firing subjects of one rule than this make one grouped alert for the rule.
+LUCENT_ALERT_GROUP_AT = envint("LUCENT_ALERT_GROUP_AT", "20")
+# Alert transitions notified per rule per minute; the rest are counted as suppressed.
+LUCENT_NOTIFY_PER_RULE_PER_MIN = envint("LUCENT_NOTIFY_PER_RULE_PER_MIN", "10")
+# Message browser: bytes of each payload shown in a list, bytes of bodies on one page,
+# messages on one page, bytes shown of a single message (the raw download is whole).
+LUCENT_BROWSE_PREVIEW_BYTES = envint("LUCENT_BROWSE_PREVIEW_BYTES", "4096")
+LUCENT_BROWSE_PAGE_BYTES = envint("LUCENT_BROWSE_PAGE_BYTES", str(256 * 1024))
+LUCENT_BROWSE_MAX_COUNT = envint("LUCENT_BROWSE_MAX_COUNT", "50")
+LUCENT_MESSAGE_VIEW_BYTES = envint("LUCENT_MESSAGE_VIEW_BYTES", str(1024 * 1024))
+for _name in ("LUCENT_SERVICE_FORGET_S", "LUCENT_SERVICE_MAX", "LUCENT_ALERT_GROUP_AT",
+              "LUCENT_NOTIFY_PER_RULE_PER_MIN", "LUCENT_BROWSE_PREVIEW_BYTES",
+              "LUCENT_BROWSE_PAGE_BYTES", "LUCENT_BROWSE_MAX_COUNT", "LUCENT_MESSAGE_VIEW_BYTES"):
+    if globals()[_name] < 1:
+        raise ImproperlyConfigured(f"{_name}={globals()[_name]} must be at least 1")

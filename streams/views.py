@@ -58,7 +58,7 @@ def stream_messages(request, name: str):
         stream = services.get_stream(services.current_snapshot(), name)
         result = services.browse(stream, request.GET.get("seq"), request.GET.get("time"),
                                  request.GET.get("subject"), request.GET.get("count", 20))
-        ctx.update(result)
+        ctx.update(result, name=name)
         if result["next_seq"]:
             query = request.GET.copy()
             query["seq"] = result["next_seq"]
@@ -68,6 +68,44 @@ def stream_messages(request, name: str):
         ctx["error"] = str(exc)
         return render(request, "fragments/messages.html", ctx, status=exc.status)
     return render(request, "fragments/messages.html", ctx)
+
+
+@require_GET
+def stream_message(request, name: str, seq: str):
+    """One stored message on a page of its own, its body shown up to
+    ``LUCENT_MESSAGE_VIEW_BYTES``, with a download of the raw bytes."""
+    from django.conf import settings
+
+    try:
+        stream = services.get_stream(services.current_snapshot(), name)
+        m = services.message(stream, seq)
+    except ActionError as exc:
+        if exc.status == 404:
+            raise Http404(str(exc)) from None
+        return render(request, "streams/message.html", {"error": str(exc), "name": name,
+                                                        "page": "streams"}, status=exc.status)
+    return render(request, "streams/message.html", {
+        "m": m, "name": name, "page": "streams", "limit": settings.LUCENT_MESSAGE_VIEW_BYTES})
+
+
+@require_GET
+def stream_message_raw(request, name: str, seq: str):
+    """The stored payload as it is, as a download (never rendered by the browser)."""
+    try:
+        stream = services.get_stream(services.current_snapshot(), name)
+        msg = services.raw_message(stream, seq)
+    except ActionError as exc:
+        if exc.status == 404:
+            raise Http404(str(exc)) from None
+        return HttpResponse(str(exc), status=exc.status, content_type="text/plain; charset=utf-8")
+    response = HttpResponse(bytes(msg["data"] or b""), content_type="application/octet-stream")
+    response["Content-Disposition"] = f'attachment; filename="{_filename(name)}-{msg["seq"]}.bin"'
+    response["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
+def _filename(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)[:100] or "message"
 
 
 def _error(request, exc: ActionError) -> HttpResponse:
