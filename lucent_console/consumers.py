@@ -49,8 +49,12 @@ class LiveConsumer(AsyncWebsocketConsumer):
     open = 0  # sockets open in this process (/metrics)
 
     async def connect(self):
-        if not self.scope["user"].is_authenticated:
-            await self.close()  # before accept: the handshake is refused (403)
+        from lucent_console.roles import has_role
+
+        # Before accept: the handshake is refused (403). A user in no group sees no page,
+        # so no live data either.
+        if not await database_sync_to_async(has_role)(self.scope["user"], "viewer"):
+            await self.close()
             return
         query = parse_qs(self.scope.get("query_string", b"").decode())
         self.params = {k: v[0] for k, v in query.items()}
@@ -66,8 +70,6 @@ class LiveConsumer(AsyncWebsocketConsumer):
         self.counted = True
         await self.send_panel(None)
         if self.panel in ("alerts", "overview"):
-            from lucent_console.roles import has_role
-
             self.can_act = await database_sync_to_async(has_role)(self.scope["user"], "operator")
             await self.alerts_changed({})
 

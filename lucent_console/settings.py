@@ -7,9 +7,11 @@ channel layer, Celery on kombu's filesystem transport, embedded nats-server
 
 import os
 import secrets
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
+from csp.constants import NONE, SELF, UNSAFE_INLINE
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -83,19 +85,23 @@ INSTALLED_APPS = [
     "agents",
     "traces",
     "alerts",
+    "axes",  # login lockout (see AXES_* below)
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "lucent_console.middleware.ConsoleCSPMiddleware",  # CONTENT_SECURITY_POLICY below
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.auth.middleware.LoginRequiredMiddleware",
+    "lucent_console.middleware.RoleRequiredMiddleware",  # after login: no group, no pages
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    "axes.middleware.AxesMiddleware",  # last, as axes asks: turns a lockout into its page
 ]
 
 ROOT_URLCONF = "lucent_console.urls"
@@ -144,6 +150,53 @@ LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "overview"
 LOGOUT_REDIRECT_URL = "login"
 
+# Login guessing (django-axes): 10 failed logins lock out the pair (username, address)
+# and the address (the same limit for both, so in effect the address: rotating
+# usernames does not help a guesser). Never the username alone, so nobody can lock
+# `admin` out from another address. Failures count until
+# LUCENT_LOGIN_LOCKOUT_MINUTES have passed since the last one; attempts while locked out
+# count too (a guesser who keeps going stays locked). Kept in the database (shared by
+# the web processes); `manage.py axes_reset_username NAME` / `axes_reset_ip IP` lift it.
+# The address is REMOTE_ADDR: behind the proxy uvicorn sets it from X-Forwarded-For of
+# FORWARDED_ALLOW_IPS only (django-ipware, which would read the header itself, is not
+# installed).
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",  # first: refuses before the password is checked
+    "django.contrib.auth.backends.ModelBackend",
+]
+LUCENT_LOGIN_LOCKOUT_MINUTES = envint("LUCENT_LOGIN_LOCKOUT_MINUTES", "15")
+if LUCENT_LOGIN_LOCKOUT_MINUTES < 1:
+    raise ImproperlyConfigured("LUCENT_LOGIN_LOCKOUT_MINUTES must be at least 1 (minutes)")
+AXES_FAILURE_LIMIT = 10
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"], "ip_address"]
+AXES_COOLOFF_TIME = timedelta(minutes=LUCENT_LOGIN_LOCKOUT_MINUTES)
+AXES_RESET_ON_SUCCESS = False  # a guesser's own good login must not clear the address's count
+AXES_LOCKOUT_CALLABLE = "lucent_console.auth.lockout_response"
+AXES_VERBOSE = False  # not its banner in the output of every process `manage.py up` starts
+
+# Bad API tokens (lucent_console.auth.ThrottledTokenAuthentication): this many from one
+# address within the window and the address gets 429 for the rest of it.
+LUCENT_TOKEN_FAILURES = envint("LUCENT_TOKEN_FAILURES", "20")
+LUCENT_TOKEN_FAILURE_WINDOW_S = envint("LUCENT_TOKEN_FAILURE_WINDOW_S", "60")
+
+# Content-Security-Policy (django-csp; ConsoleCSPMiddleware adds ws:// and wss:// to this
+# host to connect-src, for /ws/live/). No inline scripts anywhere: htmx and the charts
+# are files, chart data is JSON in <script type="application/json">, htmx's eval is off
+# (htmx-config in base.html). Inline styles stay allowed: plotly.js sets style
+# attributes and injects <style> rules as it draws, and templates use a few.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF],
+        "style-src": [SELF, UNSAFE_INLINE],
+        "connect-src": [SELF],
+        "img-src": [SELF, "data:"],
+        "frame-ancestors": [NONE],
+        "form-action": [SELF],
+        "base-uri": [SELF],
+    },
+}
+
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = False
@@ -162,6 +215,13 @@ WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = DEBUG
 
 REDIS_URL = os.getenv("REDIS_URL", "")
+# The cache counts bad API tokens per address (lucent_console.auth): with several web
+# processes it must be shared, so Redis when there is one; one process needs no more.
+if REDIS_URL:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache",
+                          "LOCATION": REDIS_URL, "KEY_PREFIX": "lucent"}}
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
@@ -198,15 +258,16 @@ CELERY_BEAT_SCHEDULE = {
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "rest_framework.authentication.SessionAuthentication",
-        "rest_framework.authentication.TokenAuthentication",
+        "lucent_console.auth.ThrottledTokenAuthentication",  # 429 after many bad tokens
     ],
-    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    # A logged-in user in no group reads nothing; actions check more in the service layer.
+    "DEFAULT_PERMISSION_CLASSES": ["lucent_console.roles.IsViewer"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Lucent Console API",
     "VERSION": "1",
-    "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
+    "SERVE_PERMISSIONS": ["lucent_console.roles.IsViewer"],
     # Schema completeness is not a deployment setting: `manage.py spectacular --validate`
     # reports it; `check --deploy` stays about the deployment.
     "ENABLE_DJANGO_DEPLOY_CHECK": False,

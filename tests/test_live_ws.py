@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 from asgiref.sync import sync_to_async
-from django.contrib.auth.models import User
+from django.contrib.auth.models import Group, User
 from django.test import Client
 
 from lucent_console.asgi import application
@@ -18,6 +18,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 def _session_cookie() -> str:
     user = User.objects.create_user("watcher", password="pw")
+    user.groups.add(Group.objects.get_or_create(name="viewer")[0])  # no group: no socket
     client = Client()
     client.force_login(user)
     return client.cookies["sessionid"].value
