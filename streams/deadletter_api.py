@@ -11,16 +11,25 @@ from lucent_console.actions import ActionError
 from lucent_console.api import Page
 
 from . import dlq
+from .deadletter_views import current_generation, earlier_generation
 
 KEYS = ("id", "stream", "stream_seq", "subject", "consumer", "deliveries", "reason", "error",
         "captured_at", "failed_at", "message_id", "correlation_id", "causation_id",
-        "message_type", "status", "payload_available", "payload_size", "dl_seq")
+        "message_type", "status", "payload_available", "payload_size", "dl_seq", "generation")
 
 
-def _row(letter) -> dict:
+def _row(letter, current: str | None | bool = False) -> dict:
+    """One dead letter; ``earlier_generation`` when it was indexed from an earlier
+    DEAD_LETTERS (``current``: the stream's generation now, None when unknown, read from
+    the snapshot when not given), and ``malformed``: the header fields that could not be
+    read (stored empty)."""
+    if current is False:
+        current = current_generation()
     out = {k: getattr(letter, k) for k in KEYS}
     for key in ("captured_at", "failed_at"):
         out[key] = out[key].isoformat() if out[key] else None
+    out["earlier_generation"] = earlier_generation(letter, current)
+    out["malformed"] = [m for m in letter.malformed.split(",") if m]
     return out
 
 

@@ -9,11 +9,39 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
 from lucent_console.actions import ActionError
+from lucent_console.bus import deadletters as dl
 
 from . import dlq
-from .models import DeadLetter, Job
+from .models import DeadLetter, Job, Quarantined
 
 PER_PAGE = 50
+
+
+def current_generation() -> str | None:
+    """The DEAD_LETTERS generation in this process's copy of the snapshot (None when
+    unknown: no snapshot yet, or no DEAD_LETTERS)."""
+    from .services import current_snapshot
+
+    stream = ((current_snapshot() or {}).get("streams") or {}).get(dl.STREAM)
+    return dl.generation(stream) if stream and stream.get("created") else None
+
+
+def earlier_generation(letter: DeadLetter, current: str | None) -> bool:
+    """Whether ``letter`` was indexed from an earlier DEAD_LETTERS (declared again since,
+    another bus): its ``dl_seq`` now names another message, or none. Rows indexed before
+    generations were recorded ("") count as earlier; a row stored under
+    ``<generation>#r...`` (a different message at a known sequence, after a restore) is
+    of the generation it names."""
+    if current is None:
+        return False
+    return letter.generation.split("#", 1)[0] != current
+
+
+def quarantined() -> dict[str, int]:
+    """pipeline -> messages it set aside (``Quarantined``)."""
+    from django.db.models import Count
+
+    return dict(Quarantined.objects.order_by().values_list("pipeline").annotate(n=Count("id")))
 
 
 def listing(params) -> dict:
@@ -25,8 +53,14 @@ def listing(params) -> dict:
         filters, error = {}, str(exc)
     qs = dlq.filtered(filters)
     page = Paginator(qs, PER_PAGE).get_page(params.get("page"))
+    page.object_list = list(page.object_list)
+    current = current_generation()
+    for letter in page.object_list:
+        letter.earlier = earlier_generation(letter, current)
+    counts = quarantined()
     return {"filters": filters, "error": error, "letters": page, "groups": dlq.groups(qs),
-            "total": page.paginator.count}
+            "total": page.paginator.count, "quarantined": sum(counts.values()),
+            "quarantined_by": sorted(counts.items())}
 
 
 @require_GET
@@ -43,6 +77,7 @@ def dl_detail(request, pk: int):
         letter = dlq.get(pk)
     except ActionError as exc:
         raise Http404(str(exc)) from None
+    letter.earlier = earlier_generation(letter, current_generation())
     return render(request, "deadletters/detail.html", {
         "d": letter, "stored": dlq.load(letter), "page": "deadletters",
         "replays": letter.replays.order_by("-at")[:50]})

@@ -18,7 +18,7 @@ from streams import capture, topology
 from streams.models import DeadLetter, Quarantined
 
 from .conftest import bus
-from .malformed import CASES, publish_raw
+from .malformed import CASES, HUGE, publish_raw
 from .test_deadletters import _drain, _fail, _work_stream
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -392,3 +392,42 @@ async def test_a_term_that_ends_stops_its_trace_indexer_even_while_writes_fail(f
     await asyncio.gather(task, return_exceptions=True)
     await asyncio.sleep(0)
     assert started[1].cancelled()
+
+
+# ---------------------------------------------------------------- pages and /metrics
+
+def test_pages_api_and_metrics_say_earlier_generation_malformed_and_quarantined(client, users,
+                                                                                collector):
+    async def declare():
+        nc = await bus(collector.url)
+        await topology.apply(nc)
+        gen = dl.generation(await js.stream_info(nc, dl.STREAM))
+        await nc.close()
+        return gen
+
+    from .conftest import run
+
+    current = run(declare())
+    collector.wait_for(lambda s: dl.STREAM in s["streams"])
+    now = datetime.now(UTC)
+    for gen, seq, body in (("", 1, b"before generations"), ("2020-01-01T00:00:00Z", 1, b"old bus"),
+                           (current, 1, b"now"), (current + "#rabc", 1, b"restored")):
+        capture.store_rows([capture.row_from(dl.subject("ORDERS", "shipper"), seq,
+                                             {dl.H_SEQ: HUGE}, body, now, gen)])
+    capture.quarantine("deadletter-index", dl.STREAM, current, 7, "lucent.deadletter.X.y",
+                       "OverflowError: test", {}, 3)
+    client.force_login(users["viewer"])
+    page = client.get("/deadletters/").content.decode()
+    assert page.count("earlier generation</span>") == 2
+    assert "1 message could not be indexed" in page and "deadletter-index: 1" in page
+    rows = {r["search_text"] if "search_text" in r else r["generation"]: r
+            for r in client.get("/api/v1/deadletters/").json()["results"]}
+    flags = {r["generation"]: r["earlier_generation"] for r in rows.values()}
+    assert flags == {"": True, "2020-01-01T00:00:00Z": True, current: False, current + "#rabc": False}
+    assert all(r["malformed"] == [dl.H_SEQ] and r["stream_seq"] is None for r in rows.values())
+    old = DeadLetter.objects.get(generation="2020-01-01T00:00:00Z")
+    detail = client.get(f"/deadletters/{old.pk}/").content.decode()
+    assert 'id="dl-earlier"' in detail and "Lucent-DL-Seq (stored empty)" in detail
+    metrics = client.get("/metrics").content.decode()
+    assert 'lucent_quarantined_total{pipeline="deadletter-index"} 1' in metrics
+    assert 'lucent_quarantined_total{pipeline="trace-index"} 0' in metrics
