@@ -112,3 +112,36 @@ async def publish_raw(url: str, messages: list[tuple[str, dict[str, str | bytes]
         return [replies[i] for i in range(len(messages))]
     finally:
         writer.close()
+
+
+# JSON values a service may put in a field of its payload (a heartbeat's latency, an
+# event's message, an envelope's sender): each parses (Python's json reads NaN and
+# Infinity) and none of them may break a page, the API or /metrics.
+VALUES: dict[str, bytes] = {
+    "Infinity": b"Infinity",
+    "-Infinity": b"-Infinity",
+    "NaN": b"NaN",
+    "1e400": b"1e400",  # a float overflowing to infinity
+    "int beyond 64 bits": b"1" + b"0" * 30,
+    "4000-digit int": b"9" * 4000,
+    "lone surrogate": b'"\\ud800 half a pair"',
+    "NUL escape": b'"a\\u0000b"',
+    "impossible date": b'"0001-01-01T00:00:00+14:00"',
+    "950-deep list": b"[" * 950 + b"]" * 950,
+    "200-deep object": b'{"a":' * 200 + b"1" + b"}" * 200,
+    "100 KB string": b'"' + b"x" * 100_000 + b'"',
+    "5000 keys": b"{" + b",".join(b'"k%d":%d' % (i, i) for i in range(5000)) + b"}",
+    "markup": b'"<script>alert(1)</script>"',
+}
+
+
+def value_payloads(value: bytes) -> list[bytes]:
+    """Heartbeat or event bodies carrying ``value`` in each place a reader looks."""
+    return [
+        b'{"status": "up", "latencyMs": ' + value + b', "interval_s": ' + value + b"}",
+        b'{"status": ' + value + b', "version": ' + value + b', "nodeId": ' + value
+        + b', "message": ' + value + b', "severity": ' + value + b"}",
+        b'{"messageId": "m-v", "messageType": ' + value + b', "correlationId": ' + value
+        + b', "sender": {"serviceId": ' + value + b', "instanceId": ' + value + b'}, '
+        b'"payload": {"status": "up", "detail": ' + value + b"}}",
+    ]
