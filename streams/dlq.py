@@ -179,13 +179,16 @@ def same_letter(generation: str, stream: str, stream_seq, msg: dict, current: st
     indexed: the same DEAD_LETTERS generation, and the same original stream and sequence
     where the copy names them. Rows indexed before generations were kept ("") rely on
     the second check alone."""
-    if generation and current and generation != current:
+    # A "#r..." suffix marks a restored stream's different message at a known key: the
+    # same stream, so the same DEAD_LETTERS generation as far as reading goes.
+    if generation and current and generation.split("#")[0] != current:
         return False
     headers = msg.get("headers") or {}
     if headers.get(dl.H_STREAM) and stream and headers[dl.H_STREAM] != stream:
         return False
-    if stream_seq is not None and headers.get(dl.H_SEQ, "").isdigit():
-        return int(headers[dl.H_SEQ]) == stream_seq
+    seq = headers.get(dl.H_SEQ, "")
+    if stream_seq is not None and seq.isascii() and seq.isdigit() and len(seq) <= 19:
+        return int(seq) == stream_seq
     return True
 
 

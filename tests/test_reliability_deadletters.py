@@ -21,7 +21,7 @@ from .conftest import bus
 from .malformed import CASES, HUGE, publish_raw
 from .test_deadletters import _drain, _fail, _work_stream
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.suite("faults")]
 
 
 async def _letters(nc, tag: str, n: int) -> None:
