@@ -8,7 +8,13 @@ judged, see ``rules.Evaluator``), and alerts fired or resolved by another proces
 followed. The database keeps one firing alert per key (a conditional unique
 constraint) and a resolution is a conditional update, so two judges at once fire
 and resolve an alert once, with one notification each. Only transitions touch the
-database. Never raises: an alerting failure is logged, the sweep goes on.
+database (and a grouped alert's count, when it changes). Never raises: an alerting
+failure is logged, the sweep goes on.
+
+Floods stay small: past ``LUCENT_ALERT_GROUP_AT`` subjects a rule fires one grouped
+alert (``rules.group``); each rule notifies at most ``LUCENT_NOTIFY_PER_RULE_PER_MIN``
+transitions a minute (``notify.RateLimit``, the rest counted as suppressed); an alert
+whose service instance was forgotten resolves without a notification.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import logging
 import time
 
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
@@ -24,7 +31,7 @@ from lucent_console.bus import envelope
 
 from . import notify
 from .models import Alert, Notification, Rule
-from .rules import Evaluator
+from .rules import GROUP_SUBJECT, Evaluator
 
 log = logging.getLogger("lucent.alerts")
 RULES_TTL_S = 10.0
@@ -44,6 +51,7 @@ class Alerting:
         self.loaded_at = 0.0
         self.unsent: list[tuple[dict, int]] = []  # bus notifications waiting for the bus
         self.last_ms = 0.0
+        self.group_values: dict[str, float | None] = {}  # grouped alert key -> count recorded
 
     async def evaluate(self, nc, snapshot: dict) -> bool:
         """Judge one snapshot; True when an alert fired or resolved."""
@@ -51,7 +59,8 @@ class Alerting:
             if time.monotonic() - self.loaded_at > RULES_TTL_S:
                 self.rules, firing = await sync_to_async(load)()
                 if self.evaluator is None:
-                    self.evaluator = Evaluator(firing)
+                    self.evaluator = Evaluator(firing, group_at=settings.LUCENT_ALERT_GROUP_AT,
+                                               forget_s=settings.LUCENT_SERVICE_FORGET_S)
                 else:
                     self.evaluator.adopt(firing)
                 self.loaded_at = time.monotonic()
@@ -60,6 +69,10 @@ class Alerting:
             self.last_ms = (time.perf_counter() - started) * 1000
             if fire or resolve:
                 self.unsent += await sync_to_async(self.record)(fire, resolve)
+            counts = {k: g for k, g in self.evaluator.groups.items()
+                      if k in self.evaluator.firing and self.group_values.get(k) != g.value}
+            if counts:
+                await sync_to_async(self.recount)(counts)
             await self.flush(nc, changed=bool(fire or resolve))
             return bool(fire or resolve)
         except Exception:
@@ -70,20 +83,26 @@ class Alerting:
         """Store the transitions and their notifications; the bus ones to publish.
         All or nothing: if the database fails, the next sweep tries again."""
         out, firing, resolved = [], {}, []
+        forgotten = self.evaluator.forgotten
         with transaction.atomic():
             changed = []
             for c in fire:
                 alert, new = self._fire(c)
                 firing[c.key] = alert.pk
+                if c.subject == GROUP_SUBJECT:
+                    self.group_values[c.key] = alert.value
                 if new:
                     changed.append((alert, "firing"))
             for key in resolve:
-                alert = self._resolve(self.evaluator.firing[key])
+                # A forgotten instance did not recover: saying "resolved" would be false.
+                alert = self._resolve(self.evaluator.firing[key], key in forgotten)
                 resolved.append(key)
-                if alert is not None:
+                self.group_values.pop(key, None)
+                if alert is not None and key not in forgotten:
                     changed.append((alert, "resolved"))
+            limit = notify.RateLimit()
             for alert, event in changed:
-                for n in notify.record(alert, event):
+                for n in notify.record(alert, event, limit):
                     if n.channel == "bus":
                         out.append((notify.body(alert, event), n.pk))
         self.evaluator.firing.update(firing)
@@ -104,14 +123,25 @@ class Alerting:
             return Alert.objects.select_related("rule").get(key=c.key, state=Alert.FIRING), False
 
     @staticmethod
-    def _resolve(pk: int) -> Alert | None:
+    def _resolve(pk: int, forgotten: bool = False) -> Alert | None:
         """Resolve alert ``pk``; None when it was not firing any more (another judge
         resolved it, and notified)."""
         now = timezone.now()
         if not Alert.objects.filter(pk=pk, state=Alert.FIRING).update(
                 state=Alert.RESOLVED, resolved_at=now):
             return None
-        return Alert.objects.select_related("rule").get(pk=pk)
+        alert = Alert.objects.select_related("rule").get(pk=pk)
+        if forgotten:
+            alert.message = f"{alert.message} (instance forgotten: silent too long)"[:2000]
+            alert.save(update_fields=["message"])
+        return alert
+
+    def recount(self, groups: dict) -> None:
+        """A grouped alert says how many it stands for now (one row, when it changes)."""
+        for key, g in groups.items():
+            Alert.objects.filter(pk=self.evaluator.firing[key], state=Alert.FIRING).update(
+                message=g.message, value=g.value)
+            self.group_values[key] = g.value
 
     async def flush(self, nc, changed: bool) -> None:
         if not nc.is_connected:

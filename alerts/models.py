@@ -130,14 +130,19 @@ class Webhook(models.Model):
 
 
 class Notification(models.Model):
-    PENDING, SENT, FAILED = "pending", "sent", "failed"
+    """One notification of a transition; or (``suppressed``) the transitions of one rule
+    over its per-minute limit (``LUCENT_NOTIFY_PER_RULE_PER_MIN``), ``count`` of them,
+    one row per rule and minute, that nobody was told about."""
+
+    PENDING, SENT, FAILED, SUPPRESSED = "pending", "sent", "failed", "suppressed"
 
     alert = models.ForeignKey(Alert, on_delete=models.CASCADE, related_name="notifications")
     event = models.CharField(max_length=16)  # firing | resolved
     channel = models.CharField(max_length=120)  # "bus" or "webhook:<name>"
     webhook = models.ForeignKey(Webhook, null=True, blank=True, on_delete=models.SET_NULL)
     state = models.CharField(max_length=16, default=PENDING,
-                             choices=[(s, s) for s in (PENDING, SENT, FAILED)])
+                             choices=[(s, s) for s in (PENDING, SENT, FAILED, SUPPRESSED)])
+    count = models.IntegerField(default=1)  # transitions this row stands for (suppressed)
     attempts = models.IntegerField(default=0)
     last_error = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)

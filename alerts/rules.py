@@ -11,6 +11,13 @@ collector) has not seen what those alerts were judged on: a consumer's idle time
 dead letters of the last minute, a service's heartbeats. It resolves such an inherited
 alert only once it has watched long enough (``WARMUP_S``) and, for a service, once it
 has heard from that service: otherwise every term would resolve and re-fire them.
+
+Floods: when more than ``group_at`` subjects of one rule would be firing (3,000 fake
+services going silent), one grouped alert for the rule (subject ``GROUP_SUBJECT``,
+"3,000 services down: a, b, c ... and 2,997 more") fires instead of one each; alerts
+of the rule already firing stay as they are. A service alert whose instance the
+registry forgot (silent for ``LUCENT_SERVICE_FORGET_S``) resolves without being
+judged: ``Evaluator.forgotten`` names those, and the engine tells nobody.
 """
 
 from __future__ import annotations
@@ -31,6 +38,28 @@ SERVICE_KINDS = {Rule.SERVICE_STALE, Rule.SERVICE_DOWN}
 # judged over time: stalled after 30 s idle (streams.snapshot.STALL_AFTER_S), agents
 # stuck or failing over minutes, dead letters counted over a minute.
 WARMUP_S = {Rule.CONSUMER_STALLED: 35.0, Rule.AGENT: 60.0, Rule.DEADLETTER_RATE: 65.0}
+GROUP_SUBJECT = "(grouped)"  # no stream, consumer, agent or service/instance is named so
+GROUP_AT = 20
+GROUP_LISTED = 5
+# An inherited grouped alert resolves after this much watching (a service group cannot
+# wait to hear from each of its thousands of instances).
+GROUP_WARMUP_S = 120.0
+NOUNS = {Rule.CONSUMER_PENDING: "consumers", Rule.CONSUMER_STALLED: "consumers",
+         Rule.ACK_PENDING_NEAR_MAX: "consumers", Rule.STREAM_USAGE: "streams",
+         Rule.INTEREST_NO_CONSUMERS: "streams", Rule.REPLICA: "streams", Rule.AGENT: "agents",
+         Rule.SERVICE_STALE: "services stale", Rule.SERVICE_DOWN: "services down"}
+
+
+def group(rule: Rule, conds: list[Condition]) -> Condition:
+    """One alert for ``rule`` standing for all of ``conds``."""
+    subjects = sorted(c.subject for c in conds)
+    listed = ", ".join(subjects[:GROUP_LISTED])
+    more = f" and {len(subjects) - GROUP_LISTED:,} more" if len(subjects) > GROUP_LISTED else ""
+    links = {c.link for c in conds}
+    return Condition(f"{rule.name}:{GROUP_SUBJECT}", rule, GROUP_SUBJECT,
+                     f"{len(subjects):,} {NOUNS.get(rule.kind, 'subjects')} "
+                     f"({rule.name}): {listed}{more}"[:2000],
+                     float(len(subjects)), links.pop() if len(links) == 1 else "/alerts/")
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +165,11 @@ def conditions(snapshot: dict, rules: list[Rule]) -> dict[str, Condition]:
 class Evaluator:
     """Time on top of ``conditions``: since when each holds, which are firing."""
 
-    def __init__(self, firing: dict[str, int] | None = None, now: float | None = None) -> None:
+    def __init__(self, firing: dict[str, int] | None = None, now: float | None = None,
+                 group_at: int = GROUP_AT, forget_s: float = 24 * 3600.0) -> None:
+        self.group_at, self.forget_s = group_at, forget_s
+        self.groups: dict[str, Condition] = {}  # grouped conditions of the last step
+        self.forgotten: set[str] = set()  # resolved by the last step: instance forgotten
         self.since: dict[str, float] = {}
         self.firing: dict[str, int] = dict(firing or {})  # key -> Alert id
         self.started = time.time() if now is None else now
@@ -170,20 +203,44 @@ class Evaluator:
 
         for key in [k for k in self.since if k not in held and judged(k)]:
             del self.since[key]
-        fire = []
+        due: dict[str, list[Condition]] = {}  # per rule: held long enough, or firing
         for key, cond in held.items():
             started = self.since.setdefault(key, now)
-            if key not in self.firing and now - started >= cond.rule.for_s:
-                fire.append(cond)
-        return fire, [k for k in self.firing if k not in held and judged(k)]
+            if key in self.firing or now - started >= cond.rule.for_s:
+                due.setdefault(cond.rule.name, []).append(cond)
+        fire, self.groups = [], {}
+        for conds in due.values():
+            if len(conds) > self.group_at and conds[0].rule.kind != Rule.BUS:
+                grouped = group(conds[0].rule, conds)
+                self.groups[grouped.key] = grouped
+                if grouped.key not in self.firing:
+                    fire.append(grouped)
+            else:
+                fire += [c for c in conds if c.key not in self.firing]
+        resolve = [k for k in self.firing if k not in held and k not in self.groups and judged(k)]
+        services = snapshot.get("services") or {}
+        self.forgotten = {k for k in resolve if ok and self._forgotten(k, by_name, services)}
+        return fire, resolve
+
+    @staticmethod
+    def _forgotten(key: str, by_name: dict[str, Rule], services: dict) -> bool:
+        """A service alert whose instance the registry no longer holds."""
+        name, _, subject = key.partition(":")
+        rule = by_name.get(name)
+        return (rule is not None and rule.kind in SERVICE_KINDS and subject != GROUP_SUBJECT
+                and subject not in services)
 
     def _seen_enough(self, key: str, by_name: dict[str, Rule], snapshot: dict, now: float) -> bool:
         name, _, subject = key.partition(":")
         rule = by_name.get(name)
         if rule is None:
             return True  # rule deleted or disabled: its alerts resolve as before
+        if subject == GROUP_SUBJECT:
+            return now - self.started >= max(GROUP_WARMUP_S, WARMUP_S.get(rule.kind, 0.0))
         if rule.kind in SERVICE_KINDS and subject not in (snapshot.get("services") or {}):
-            return False  # not heard from since this term began: nothing to judge on
+            # Not heard from since this term began: nothing to judge on, until this term
+            # would itself have forgotten it by now (then it resolves, telling nobody).
+            return now - self.started > self.forget_s
         return now - self.started >= WARMUP_S.get(rule.kind, 0.0)
 
 

@@ -145,9 +145,9 @@ def _database() -> list[str]:
     """Alert states and dead letters by stream/consumer/reason/status (cached 15 s: a
     scrape every few seconds must not count a million rows each time)."""
     from django.core.cache import cache
-    from django.db.models import Count
+    from django.db.models import Count, Sum
 
-    from alerts.models import Alert
+    from alerts.models import Alert, Notification
     from streams.models import DeadLetter
 
     def read() -> list[str]:
@@ -156,6 +156,14 @@ def _database() -> list[str]:
         for a in Alert.objects.filter(state=Alert.FIRING).select_related("rule"):
             lines.append(f'lucent_alert_firing{{rule="{_label(a.rule.name)}",severity="{a.severity}",'
                          f'subject="{_label(a.subject)}"}} 1')
+        lines += ["# HELP lucent_notifications_suppressed_total Alert transitions not notified: "
+                  "over the rule's LUCENT_NOTIFY_PER_RULE_PER_MIN",
+                  "# TYPE lucent_notifications_suppressed_total counter"]
+        suppressed = (Notification.objects.filter(state=Notification.SUPPRESSED).order_by()
+                      .values("alert__rule__name").annotate(n=Sum("count")))
+        for s in suppressed:
+            lines.append(f'lucent_notifications_suppressed_total{{rule="{_label(s["alert__rule__name"])}"}} '
+                         f'{s["n"]}')
         lines += ["# HELP lucent_deadletters Dead letters in the index",
                   "# TYPE lucent_deadletters gauge"]
         groups = (DeadLetter.objects.order_by().values("stream", "consumer", "reason", "status")
