@@ -68,6 +68,8 @@ class ConsoleCSPMiddleware(CSPMiddleware):
             host = request.get_host()
         except DisallowedHost:
             return parts  # the 400 for a foreign Host header: no socket to allow
+        if host.startswith("["):
+            return parts  # CSP host sources cannot name IPv6 literals; 'self' covers them
         update = dict(parts.update or {})
         update["connect-src"] = [*update.get("connect-src", []), f"ws://{host}", f"wss://{host}"]
         parts.update = update
