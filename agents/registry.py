@@ -16,6 +16,7 @@ pages, the API and /metrics only ever see JSON-safe, bounded values.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from typing import Any
@@ -36,6 +37,7 @@ MAX_DEPTH = 3
 MAX_ITEMS = 30
 MAX_TEXT = 200
 MAX_DETAILS = 30
+DETAILS_BYTES = 1024  # of one instance's details, about (the last one kept may pass it)
 INT_LIMIT = 2**63
 DEPTH_MARK = "…(deeper)"
 UNTRACKED_CAP = 100_000  # distinct untracked instances counted (beyond: "at least")
@@ -162,12 +164,18 @@ class ServiceRegistry:
                 self.untracked[key] = now
             return None
         self.untracked.pop(key, None)
-        details = {}
+        details, size, left = {}, 0, 0
         for k, v in body.items():
-            if len(details) >= MAX_DETAILS:
-                break
-            if k not in DETAIL_KEYS_SKIPPED:
-                details[clean_text(str(k), 80)] = safe_value(v, 1)
+            if k in DETAIL_KEYS_SKIPPED:
+                continue
+            if len(details) >= MAX_DETAILS or size > DETAILS_BYTES:
+                left += 1
+                continue
+            name, value = clean_text(str(k), 80), safe_value(v, 1)
+            details[name] = value
+            size += len(name) + len(json.dumps(value, ensure_ascii=False))
+        if left:  # every row of /services/ shows its details: a row stays a row
+            details["…"] = f"{left} more field{'s' if left != 1 else ''}"
         record = {
             "key": key, "service": service, "instance": instance,
             "version": _text(body.get("version") or sender.get("version")),
