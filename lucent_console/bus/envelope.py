@@ -101,7 +101,14 @@ class Decoded:
         if self.kind not in ("envelope", "json"):
             return None
         try:
-            return json.dumps(self.json_value, indent=2, ensure_ascii=False, sort_keys=False)
+            text = json.dumps(self.json_value, indent=2, ensure_ascii=False, sort_keys=False)
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                # JSON may escape a lone surrogate ("\ud800"), which no page can encode:
+                # keep it escaped, as it came.
+                text = json.dumps(self.json_value, indent=2, ensure_ascii=True, sort_keys=False)
+            return text
         except (RecursionError, ValueError):
             # Nesting that parsed may still be too deep to print on a deeper stack (a
             # template): the page then shows the text as it came.
@@ -127,7 +134,12 @@ class Decoded:
 def _str_or_none(value: Any) -> str | None:
     if value is None or isinstance(value, (dict, list)):
         return None
-    return str(value)
+    text = str(value)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate from a JSON escape: shown escaped
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
 
 def _header(headers: dict | None, names: tuple[str, ...]) -> str | None:
