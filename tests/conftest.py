@@ -13,6 +13,23 @@ from lucent_console.bus.client import connect
 from lucent_console.bus.config import BusConfig
 
 
+@pytest.fixture(scope="session", autouse=True)
+def static_files():
+    """Pages name static files by their hashed names (the manifest storage): collect them
+    once per session, as `manage.py up` does. Under a lock: several sessions may share
+    var/static."""
+    import fcntl
+
+    from django.conf import settings
+
+    from lucent_console.management.commands.up import collect_static
+
+    settings.STATIC_ROOT.mkdir(parents=True, exist_ok=True)
+    with open(settings.VAR_DIR / "static.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        collect_static()
+
+
 @pytest.fixture(scope="session")
 def nats_server(tmp_path_factory):
     """One nats-server (pinned binary) for the session; NATS_URL points at it."""

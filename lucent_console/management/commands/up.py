@@ -22,6 +22,18 @@ from streams import topology
 DEFAULT_NATS_PORT = 4322  # not 4222: a machine may already run NATS there
 
 
+# plotly's package_data holds more than plotly.min.js: datasets, templates and a second
+# 4.8 MB bundle (widgetbundle.js) that no page uses; they need neither hashing nor gzip.
+STATIC_IGNORE = ["datasets", "templates", "widgetbundle.js", "*.py", "__pycache__"]
+
+
+def collect_static() -> None:
+    """Copy, hash and gzip the static files into STATIC_ROOT (the manifest storage needs it
+    before any page renders). Quick when nothing changed: unchanged files are not copied
+    again; hashing and gzip of the ~40 files left take about a second."""
+    call_command("collectstatic", interactive=False, verbosity=0, ignore_patterns=STATIC_IGNORE)
+
+
 class Command(BaseCommand):
     help = "Start the whole console (bus, web, collector, Celery, demo) until Ctrl-C."
 
@@ -68,6 +80,7 @@ class Command(BaseCommand):
         say(f"bus: {', '.join(config.redacted_servers)}")
 
         call_command("migrate", interactive=False, verbosity=0)
+        collect_static()
         login_hint = self.ensure_admin()
 
         say("applying the topology...")
