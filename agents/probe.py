@@ -18,6 +18,8 @@ from lucent_console.bus import sync as bus_sync
 from streams import subjects
 
 MAX_COUNT = 1000
+MAX_TIMEOUT_S = 30.0
+MAX_PAYLOAD = 1024 * 1024  # nats-server's default max_payload
 DEFAULT_SUBJECT = "lucent.commands.trading.execute"
 MAX_REPLIES_SHOWN = 20
 
@@ -40,17 +42,28 @@ def _percentile(values: list[float], p: float) -> float | None:
 
 
 def probe(user, subject: str, payload: str | None = None, count=1, timeout=2.0) -> dict:
-    subject = (subject or "").strip()
+    """Time ``count`` requests to ``subject`` (operator, audited). The API validates its
+    body with ProbeSerializer first; the page's form arrives here as text, so every value
+    is checked again: nothing unchecked reaches the bus."""
+    subject = subject.strip() if isinstance(subject, str) else ""
     with audited(user, "probe", subject, {"count": count, "timeout": timeout}, "operator") as outcome:
         if not subjects.is_valid(subject, wildcards=False):
             raise ActionError(f"{subject[:80]!r} is not a subject one can send a request to")
+        subjects.refuse_reserved(subject)
         try:
+            if isinstance(count, float) and not count.is_integer():
+                raise ValueError(count)
             count, timeout = int(count or 1), float(timeout or 2.0)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise ActionError("count must be a whole number and timeout a number of seconds") from None
-        if not 1 <= count <= MAX_COUNT or not 0 < timeout <= 30:
-            raise ActionError(f"count must be 1..{MAX_COUNT} and timeout 0..30 s")
+        # `not 0 < timeout <= 30` is also true for NaN: a non-number never passes.
+        if not 1 <= count <= MAX_COUNT or not 0 < timeout <= MAX_TIMEOUT_S:
+            raise ActionError(f"count must be 1..{MAX_COUNT} and timeout 0..{MAX_TIMEOUT_S:g} s")
+        if payload is not None and not isinstance(payload, str):
+            raise ActionError("payload must be text")
         body = (payload if payload not in (None, "") else default_payload(subject)).encode()
+        if len(body) > MAX_PAYLOAD:
+            raise ActionError(f"payload: at most {MAX_PAYLOAD} bytes")
 
         async def run(nc):
             rtts, replies, errors = [], [], {"no_responders": 0, "timeouts": 0, "other": 0}

@@ -5,14 +5,17 @@ from __future__ import annotations
 from django.http import Http404
 from django.shortcuts import render
 from django.views.decorators.http import require_GET, require_http_methods
+from drf_spectacular.utils import extend_schema
 from rest_framework.decorators import api_view
 from rest_framework.response import Response
 
+from lucent_console.api import ERRORS
 from streams import services as stream_services
 
 from . import registry
 from .activity import STREAM
 from .models import ServiceEvent
+from .serializers import ProbeResult, ProbeSerializer
 
 COUNTS = ("up", "stale", "down")
 
@@ -52,18 +55,20 @@ def api_services(request):
     } for r in panel(snapshot)["instances"]])
 
 
+@extend_schema(operation_id="probe", request=ProbeSerializer,
+               responses={200: ProbeResult, **ERRORS})
 @api_view(["POST"])
 def api_probe(request):
-    from lucent_console.actions import ActionError
+    """Operator: time N requests to a command subject (never one of the bus's own)."""
+    from lucent_console.serializers import check_request
 
     from .probe import probe
 
-    data = request.data if hasattr(request.data, "get") else {}
-    try:
-        result = probe(request.user, data.get("subject"), data.get("payload"), data.get("count", 1),
-                       data.get("timeout", 2.0))
-    except ActionError as exc:
-        return Response({"error": str(exc)}, status=exc.status)
+    data = check_request(request, ProbeSerializer, action="probe", target="probe",
+                         role="operator")
+    # Errors (ActionError) answer through the API's exception handler: {"error"}, status.
+    result = probe(request.user, data["subject"], data.get("payload"), data.get("count") or 1,
+                   data.get("timeout") or 2.0)
     result["replies"] = [{"rtt_ms": r["rtt_ms"], **r["decoded"].as_dict(),
                           "text": r["decoded"].text} for r in result["replies"]]
     return Response(result)

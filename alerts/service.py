@@ -49,7 +49,7 @@ def details() -> dict:
 def _alert(pk) -> Alert:
     try:
         return Alert.objects.select_related("rule").get(pk=int(pk))
-    except (ValueError, TypeError, Alert.DoesNotExist):
+    except (ValueError, TypeError, OverflowError, Alert.DoesNotExist):
         raise NotFound(f"No alert {str(pk)[:40]!r}.") from None
 
 
@@ -69,8 +69,12 @@ def silence(user, pk, minutes) -> Silence:
                  "operator") as outcome:
         alert = _alert(pk)
         try:
+            # int(float("inf")) is an OverflowError; a float with a fraction is no count.
+            if isinstance(minutes, bool) or (isinstance(minutes, float)
+                                              and not minutes.is_integer()):
+                raise ValueError(minutes)
             minutes = int(minutes)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise ActionError("minutes must be a whole number") from None
         if not 1 <= minutes <= MAX_SILENCE_MIN:
             raise ActionError(f"minutes must be 1..{MAX_SILENCE_MIN} (a week)")

@@ -5,15 +5,18 @@ from __future__ import annotations
 from django.http import Http404
 from django.shortcuts import render
 from django.views.decorators.http import require_GET, require_POST
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework.decorators import api_view
 from rest_framework.response import Response
 
 from lucent_console.actions import ActionError
-from lucent_console.api import Page
+from lucent_console.api import ERRORS, PAGING, Page
 from lucent_console.roles import has_role
+from lucent_console.serializers import EmptySerializer, ErrorSerializer, check_request
 
 from . import service
 from .models import Alert
+from .serializers import AlertActionSerializer, AlertPage, AlertRow, SilenceSerializer
 
 
 @require_GET
@@ -51,6 +54,8 @@ def _row(a: Alert, silences: dict | None = None) -> dict:
             "silenced_until": silenced.isoformat() if silenced else None}
 
 
+@extend_schema(operation_id="alerts_list", responses={200: AlertPage, 403: ErrorSerializer},
+               parameters=[*PAGING, OpenApiParameter("state", str, required=False)])
 @api_view(["GET"])
 def api_alerts(request):
     qs = Alert.objects.select_related("rule", "acknowledged_by")
@@ -62,17 +67,22 @@ def api_alerts(request):
     return paginator.get_paginated_response([_row(a, silences) for a in page])
 
 
+@extend_schema(operation_id="alert_action", request=AlertActionSerializer,
+               responses={200: AlertRow, **ERRORS},
+               parameters=[OpenApiParameter("action", str, OpenApiParameter.PATH,
+                                            enum=list(ACTIONS))])
 @api_view(["POST"])
 def api_alert_action(request, pk: str, action: str):
-    data = request.data if hasattr(request.data, "get") else {}
+    """Operator: ``ack`` (body ``{}``) or ``silence`` (``{"minutes"}``)."""
     if action not in ACTIONS:
         return Response({"error": f"no action {action[:40]!r}; use ack or silence"}, status=404)
-    try:
-        if action == "ack":
-            alert = service.acknowledge(request.user, pk)
-        else:
-            service.silence(request.user, pk, data.get("minutes", 60))
-            alert = service._alert(pk)
-    except ActionError as exc:
-        return Response({"error": str(exc)}, status=exc.status)
+    if action == "ack":
+        check_request(request, EmptySerializer, action="alert.acknowledge",
+                      target=f"alert {pk[:40]}", role="operator")
+        alert = service.acknowledge(request.user, pk)
+    else:
+        data = check_request(request, SilenceSerializer, action="alert.silence",
+                             target=f"alert {pk[:40]}", role="operator")
+        service.silence(request.user, pk, data.get("minutes", 60))
+        alert = service._alert(pk)
     return Response(_row(alert))

@@ -7,7 +7,10 @@ was done) or ``failed`` (bad input or the bus said no: nothing was done).
 
 from __future__ import annotations
 
+import json
+import math
 from contextlib import contextmanager
+from typing import Any
 
 from .models import AuditRecord
 from .roles import has_role
@@ -32,27 +35,87 @@ class Outcome:
         self.detail = ""
 
 
+# How much of an action's parameters the audit keeps: enough to see what was asked,
+# never so much that a hostile body fills the table (or fails to be stored at all).
+MAX_TEXT = 500
+MAX_ITEMS = 50
+MAX_DEPTH = 4
+MAX_JSON = 4000
+MAX_DETAIL = 2000
+
+
+def json_safe(value: Any, depth: int = 0) -> Any:
+    """``value`` as JSON the database accepts: non-finite numbers as text (SQLite's
+    JSON_VALID and PostgreSQL's jsonb both refuse Infinity and NaN), other objects as
+    their text, strings, lists and mappings clipped."""
+    if value is None or isinstance(value, (bool, int)):
+        return value if not isinstance(value, int) or abs(value) < 2**63 else str(value)[:40]
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    if isinstance(value, (bytes, bytearray)):
+        value = bytes(value[:MAX_TEXT]).decode("utf-8", "replace")
+    if isinstance(value, str):
+        return value[:MAX_TEXT]
+    if depth >= MAX_DEPTH:
+        return str(value)[:MAX_TEXT]
+    if isinstance(value, dict) or hasattr(value, "items"):
+        return {str(k)[:100]: json_safe(v, depth + 1)
+                for k, v in list(value.items())[:MAX_ITEMS]}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [json_safe(v, depth + 1) for v in list(value)[:MAX_ITEMS]]
+    return str(value)[:MAX_TEXT]
+
+
+def safe_parameters(parameters: Any) -> dict:
+    """An action's parameters as the audit stores them: JSON-safe and at most MAX_JSON
+    characters (beyond that, the clipped text of the whole)."""
+    try:
+        safe = json_safe(parameters if parameters is not None else {})
+        text = json.dumps(safe, allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as exc:
+        return {"unrecordable": f"{type(exc).__name__}: {str(exc)[:200]}"}
+    if not isinstance(safe, dict):
+        safe = {"value": safe}
+    if len(text) > MAX_JSON:
+        return {"clipped": text[:MAX_JSON]}
+    return safe
+
+
+def _save(record: AuditRecord) -> None:
+    """Store the record; whatever the parameters, the attempt itself is recorded."""
+    from django.db import DatabaseError, transaction
+
+    record.detail = (record.detail or "")[:MAX_DETAIL]
+    try:
+        with transaction.atomic():
+            record.save()
+    except DatabaseError:
+        record.pk = None
+        record.parameters = {"unrecordable": "the database refused the parameters"}
+        record.save()
+
+
 @contextmanager
 def audited(user, action: str, target: str, parameters: dict, role: str):
     outcome = Outcome()
     record = AuditRecord(user=user if getattr(user, "pk", None) else None,
-                         username=getattr(user, "username", "") or "", action=action,
-                         target=target[:512], parameters=parameters)
+                         username=getattr(user, "username", "") or "", action=action[:64],
+                         target=str(target)[:512], parameters=safe_parameters(parameters))
     try:
         if not has_role(user, role):
             raise Refused(f"{action} needs the {role} role")
         yield outcome
     except Refused as exc:
         record.outcome, record.detail = "refused", str(exc)
-        record.save()
+        _save(record)
         raise
     except ActionError as exc:
         record.outcome, record.detail = "failed", str(exc)
-        record.save()
+        _save(record)
         raise
     except Exception as exc:
         record.outcome, record.detail = "failed", f"{type(exc).__name__}: {exc}"
-        record.save()
+        _save(record)
         raise ActionError(f"{action} failed: {exc}") from exc
     record.outcome, record.detail = "ok", outcome.detail
-    record.save()
+    _save(record)

@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+from drf_spectacular.utils import extend_schema
 from rest_framework import status
 from rest_framework.decorators import api_view
 from rest_framework.response import Response
 
 from lucent_console.actions import ActionError
-from lucent_console.api import Page
+from lucent_console.api import ERRORS, PAGING, READ_ERRORS, Page
+from lucent_console.serializers import EmptySerializer, check_request
 
 from . import services
+from .serializers import (
+    ConsumerRow,
+    DeleteResult,
+    JobOrDryRun,
+    PurgeResult,
+    PurgeSerializer,
+    StreamDetail,
+    StreamPage,
+    StreamReplaySerializer,
+)
 
 STREAM_KEYS = ("name", "subjects", "retention", "storage", "replicas", "messages", "bytes",
                "first_seq", "last_seq", "consumer_count", "num_subjects", "num_deleted",
@@ -38,6 +50,8 @@ def _snapshot_or_503():
     return snapshot, None
 
 
+@extend_schema(operation_id="streams_list", parameters=PAGING,
+               responses={200: StreamPage, **READ_ERRORS})
 @api_view(["GET"])
 def stream_list(request):
     snapshot, error = _snapshot_or_503()
@@ -49,6 +63,8 @@ def stream_list(request):
     return paginator.get_paginated_response(page)
 
 
+@extend_schema(operation_id="stream_detail",
+               responses={200: StreamDetail, 404: ERRORS[404], **READ_ERRORS})
 @api_view(["GET"])
 def stream_detail(request, name: str):
     snapshot, error = _snapshot_or_503()
@@ -64,6 +80,8 @@ def stream_detail(request, name: str):
                      "snapshot_at": snapshot.get("at"), "ok": snapshot.get("ok")})
 
 
+@extend_schema(operation_id="consumers_list",
+               responses={200: ConsumerRow(many=True), 404: ERRORS[404], **READ_ERRORS})
 @api_view(["GET"])
 def consumer_list(request, name: str):
     snapshot, error = _snapshot_or_503()
@@ -76,37 +94,39 @@ def consumer_list(request, name: str):
     return Response([_pick(c, CONSUMER_KEYS) for c in services.consumers_of(snapshot, name)])
 
 
+@extend_schema(operation_id="stream_purge", request=PurgeSerializer,
+               responses={200: PurgeResult, **ERRORS})
 @api_view(["POST"])
 def purge(request, name: str):
-    data = request.data if isinstance(request.data, dict) else {}
-    try:
-        purged = services.purge(request.user, name, data.get("subject"), data.get("keep"),
-                                data.get("seq"))
-    except ActionError as exc:
-        return _error(exc)
+    """Admin: purge by subject, keep N, below a sequence, or everything with {"all": true}."""
+    data = check_request(request, PurgeSerializer, action="stream.purge", target=name,
+                         role="admin")
+    purged = services.purge(request.user, name, data.get("subject"), data.get("keep"),
+                            data.get("seq"), everything=bool(data.get("all")))
     return Response({"purged": purged, "stream": name})
 
 
+@extend_schema(operation_id="stream_delete_message", request=None,
+               responses={200: DeleteResult, **ERRORS})
 @api_view(["DELETE"])
 def delete_message(request, name: str, seq: str):
-    try:
-        services.delete_message(request.user, name, seq)
-    except ActionError as exc:
-        return _error(exc)
+    check_request(request, EmptySerializer, action="stream.delete_message", target=name,
+                  role="admin")
+    services.delete_message(request.user, name, seq)
     return Response({"deleted": int(seq), "stream": name})
 
 
+@extend_schema(operation_id="stream_replay", request=StreamReplaySerializer,
+               responses={200: JobOrDryRun, **ERRORS})
 @api_view(["POST"])
 def replay(request, name: str):
     """Replay a range of any stream to a subject: {"target", "start_seq"?, "end_seq"?,
     "start_time"?, "subject"? (filter), "rate"?, "dry_run"?} -> {"job", "matched"}."""
     from . import dlq
 
-    data = request.data if isinstance(request.data, dict) else {}
-    try:
-        return Response(dlq.start_stream_replay(
-            request.user, name, data.get("target"), data.get("start_seq"), data.get("end_seq"),
-            data.get("start_time"), data.get("subject"), data.get("rate"),
-            data.get("dry_run") in (True, "true", "1", 1)))
-    except ActionError as exc:
-        return _error(exc)
+    data = check_request(request, StreamReplaySerializer, action="stream.replay", target=name,
+                         role="operator")
+    return Response(dlq.start_stream_replay(
+        request.user, name, data["target"], data.get("start_seq"), data.get("end_seq"),
+        data.get("start_time"), data.get("subject"), data.get("rate"),
+        bool(data.get("dry_run"))))

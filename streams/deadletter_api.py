@@ -4,14 +4,26 @@ from __future__ import annotations
 
 import base64
 
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework.decorators import api_view
 from rest_framework.response import Response
 
-from lucent_console.actions import ActionError
-from lucent_console.api import Page
+from lucent_console.api import ERRORS, PAGING, READ_ERRORS, Page
+from lucent_console.serializers import EmptySerializer, check_request
 
 from . import dlq
 from .deadletter_views import current_generation, earlier_generation
+from .serializers import (
+    BulkPurgeSerializer,
+    BulkReplaySerializer,
+    DeadLetterDetail,
+    DeadLetterFilterSerializer,
+    DeadLetterPage,
+    DeadLetterReplaySerializer,
+    JobOrDryRun,
+    Purged,
+    Replayed,
+)
 
 KEYS = ("id", "stream", "stream_seq", "subject", "consumer", "deliveries", "reason", "error",
         "captured_at", "failed_at", "message_id", "correlation_id", "causation_id",
@@ -33,36 +45,30 @@ def _row(letter, current: str | None | bool = False) -> dict:
     return out
 
 
-def _error(exc: ActionError) -> Response:
-    return Response({"error": str(exc)}, status=exc.status)
+LIST_FILTERS = [OpenApiParameter(name, str, required=False) for name in dlq.FILTERS]
 
 
-def _body(request) -> dict:
-    return request.data if hasattr(request.data, "get") else {}
-
-
+@extend_schema(operation_id="deadletters_list", parameters=[*PAGING, *LIST_FILTERS],
+               responses={200: DeadLetterPage, 400: ERRORS[400], **READ_ERRORS})
 @api_view(["GET"])
 def dl_list(request):
-    try:
-        qs = dlq.filtered(dlq.clean_filters(request.GET))
-    except ActionError as exc:
-        return _error(exc)
+    qs = dlq.filtered(dlq.clean_filters(request.GET))
     paginator = Page()
     page = paginator.paginate_queryset(qs, request)
     return paginator.get_paginated_response([_row(x) for x in page])
 
 
+@extend_schema(operation_id="deadletter_detail", methods=["GET"],
+               responses={200: DeadLetterDetail, **ERRORS})
+@extend_schema(operation_id="deadletter_delete", methods=["DELETE"], request=None,
+               responses={200: Purged, **ERRORS})
 @api_view(["GET", "DELETE"])
 def dl_detail(request, pk: str):
     if request.method == "DELETE":
-        try:
-            return Response(dlq.purge_one(request.user, pk))
-        except ActionError as exc:
-            return _error(exc)
-    try:
-        letter = dlq.get(pk)
-    except ActionError as exc:
-        return _error(exc)
+        check_request(request, EmptySerializer, action="deadletter.purge", target=str(pk)[:64],
+                      role="operator")
+        return Response(dlq.purge_one(request.user, pk))
+    letter = dlq.get(pk)
     stored = dlq.load(letter)
     out = {**_row(letter), "headers": stored.get("headers", letter.headers)}
     data = stored.get("data") if stored.get("available") else None
@@ -76,36 +82,42 @@ def dl_detail(request, pk: str):
     return Response(out)
 
 
+@extend_schema(operation_id="deadletter_replay", request=DeadLetterReplaySerializer,
+               responses={200: Replayed, **ERRORS})
 @api_view(["POST"])
 def dl_replay(request, pk: str):
-    body = _body(request)
-    try:
-        return Response(dlq.replay(request.user, pk, body.get("subject"),
-                                   bool(body.get("remove_original"))))
-    except ActionError as exc:
-        return _error(exc)
+    data = check_request(request, DeadLetterReplaySerializer, action="deadletter.replay",
+                         target=str(pk)[:64], role="operator")
+    return Response(dlq.replay(request.user, pk, data.get("subject"),
+                               bool(data.get("remove_original"))))
 
 
-def _bulk(request, kind: str):
-    """Replay: ``subject`` is the target, ``subject_filter`` filters; purge: ``subject`` filters."""
-    body = dict(_body(request).items())
-    target = body.pop("subject", None) if kind == "replay" else None
-    try:
+def _bulk(request, kind: str, serializer: type[DeadLetterFilterSerializer]):
+    """Replay: ``subject`` is the target, ``subject_filter`` filters; purge: ``subject``
+    filters. Every one, only with ``"all": true``."""
+    action = f"deadletter.{kind}_bulk"
+    data = check_request(request, serializer, action=action, target="DEAD_LETTERS",
+                         role="operator")
+    filters = serializer.filters(data)
+    target = data.get("subject") if kind == "replay" else None
+    if data.get("dry_run"):
         dlq.require_operator(request.user)
-        if body.get("dry_run") in (True, "true", "1", 1):
-            preview = dlq.dry_run(dlq.clean_filters(body), target or None)
-            return Response({"dry_run": True, **preview})
-        return Response(dlq.start_job(request.user, kind, body, target, body.get("rate"),
-                                      bool(body.get("remove_original")), body.get("plan")))
-    except ActionError as exc:
-        return _error(exc)
+        preview = dlq.dry_run(dlq.clean_filters(filters), target)
+        return Response({"dry_run": True, **preview})
+    return Response(dlq.start_job(request.user, kind, filters, target, data.get("rate"),
+                                  bool(data.get("remove_original")), data.get("plan"),
+                                  everything=bool(data.get("all"))))
 
 
+@extend_schema(operation_id="deadletters_replay", request=BulkReplaySerializer,
+               responses={200: JobOrDryRun, **ERRORS})
 @api_view(["POST"])
 def dl_replay_bulk(request):
-    return _bulk(request, "replay")
+    return _bulk(request, "replay", BulkReplaySerializer)
 
 
+@extend_schema(operation_id="deadletters_purge", request=BulkPurgeSerializer,
+               responses={200: JobOrDryRun, **ERRORS})
 @api_view(["POST"])
 def dl_purge_bulk(request):
-    return _bulk(request, "purge")
+    return _bulk(request, "purge", BulkPurgeSerializer)

@@ -212,8 +212,8 @@ def replay_headers(stored: dict, letter_seq: int, subject: str, generation: str 
 async def _target_ok(nc, subject: str) -> None:
     if not subjects.is_valid(subject, wildcards=False):
         raise ActionError(f"{subject[:80]!r} is not a subject one can publish to")
-    if subject.startswith(dl.SUBJECT_PREFIX + "."):
-        raise ActionError("replaying into the dead letters themselves is refused")
+    # The bus's own subjects ($JS, $KV, inboxes, the console's) and the dead letters.
+    subjects.refuse_reserved(subject, replay=True)
     if not await js.streams_storing(nc, subject):
         raise ActionError(f"no stream stores {subject!r}: the dead letter stays where it is")
 
@@ -319,24 +319,40 @@ def _open_plan(plan: str, filters: dict, subject: str | None) -> int:
 
 
 def start_job(user, kind: str, params, subject: str | None = None, rate=None,
-              remove_original: bool = False, plan: str | None = None) -> dict:
+              remove_original: bool = False, plan: str | None = None,
+              everything: bool | None = None) -> dict:
     """Create a bulk replay or purge job for every dead letter matching the filters (as
-    counted by the dry run whose ``plan`` is given, or as they stand now)."""
+    counted by the dry run whose ``plan`` is given, or as they stand now).
+
+    ``everything``: the API and the CLI say whether every dead letter is meant (their
+    ``all``): then no filter may be given, and without it an empty filter is refused.
+    None (the page, whose dry run and confirmation name the count) leaves it to the filters.
+    """
     action = f"deadletter.{kind}_bulk"
     filters = {}
     with audited(user, action, "DEAD_LETTERS", {"filters": dict(params.items()) if params else {},
-                                                 "subject": subject, "rate": rate},
+                                                 "subject": subject, "rate": rate,
+                                                 **({"all": everything} if everything else {})},
                  "operator") as outcome:
         filters = clean_filters(params)
+        if everything is False and not filters:
+            raise ActionError(f"{kind} of every dead letter: give a filter, or \"all\": true")
+        if everything and filters:
+            raise ActionError("\"all\": true means every dead letter: give it without filters")
         if rate not in (None, ""):
             try:
                 rate = float(rate)
-            except ValueError:
-                raise ActionError(f"rate must be a number of messages per second, not {rate!r}") from None
+            except (TypeError, ValueError, OverflowError):
+                raise ActionError(f"rate must be a number of messages per second, "
+                                  f"not {str(rate)[:40]!r}") from None
+            # NaN fails every comparison, so it is refused here too; inf is not below 1e9.
             if not 0 < rate < 1e9:
-                raise ActionError("rate must be above 0 (leave it empty for as fast as the bus acks)")
+                raise ActionError("rate must be above 0 and finite (leave it empty for as fast "
+                                  "as the bus acks)")
         else:
             rate = None
+        if subject is not None and not isinstance(subject, str):
+            raise ActionError("subject must be text")
         subject = (subject or "").strip() or None
         if subject:
             async def check(nc):
@@ -621,13 +637,22 @@ def start_stream_replay(user, stream: str, target: str, start_seq=None, end_seq=
               "start_time": start_time, "subject": subject_filter, "rate": rate}
     with audited(user, "stream.replay", stream, {k: v for k, v in params.items() if v not in (None, "")},
                  "operator") as outcome:
-        target = (target or "").strip()
+        target = target.strip() if isinstance(target, str) else ""
+        if not subjects.is_valid(target, wildcards=False):
+            raise ActionError(f"target: {target[:80]!r} is not a subject one can publish to")
+        subjects.refuse_reserved(target, replay=True)
         first_arg = _positive_int(start_seq, "start sequence", 1)
         last_arg = _positive_int(end_seq, "end sequence", 1)
+        if subject_filter is not None and not isinstance(subject_filter, str):
+            raise ActionError("subject must be text")
         flt = _valid_subject(subject_filter) or ">"
-        rate = float(rate) if rate not in (None, "") else None
-        if rate is not None and rate <= 0:
-            raise ActionError("rate must be above 0")
+        try:
+            rate = float(rate) if rate not in (None, "") else None
+        except (TypeError, ValueError, OverflowError):
+            raise ActionError(f"rate must be a number, not {str(rate)[:40]!r}") from None
+        # NaN fails every comparison: `not 0 < rate` refuses it as it refuses inf.
+        if rate is not None and not 0 < rate < 1e9:
+            raise ActionError("rate must be above 0 and finite")
         when = _time(start_time, "start time") if start_time not in (None, "") else None
 
         async def plan(nc):

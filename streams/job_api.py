@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from drf_spectacular.utils import extend_schema
 from rest_framework.decorators import api_view
 from rest_framework.response import Response
 
-from lucent_console.actions import ActionError, NotFound
+from lucent_console.actions import NotFound
+from lucent_console.api import ERRORS
+from lucent_console.serializers import EmptySerializer, check_request
 
 from . import dlq
 from .models import Job
+from .serializers import JobRow
 
 
 def job_json(job: Job) -> dict:
@@ -19,19 +23,21 @@ def job_json(job: Job) -> dict:
             "finished_at": job.finished_at.isoformat() if job.finished_at else None}
 
 
+@extend_schema(operation_id="job_detail", responses={200: JobRow, **ERRORS})
 @api_view(["GET"])
 def job_detail(request, pk: str):
-    job = Job.objects.filter(pk=int(pk) if str(pk).isdigit() else -1).first()
+    # isdigit() is true for "²" and other digits int() refuses; only ASCII digits are ids.
+    job = Job.objects.filter(pk=int(pk) if pk.isascii() and pk.isdigit() and len(pk) < 19
+                             else -1).first()
     if job is None:
-        exc = NotFound(f"no job {pk[:20]!r}")
-        return Response({"error": str(exc)}, status=exc.status)
+        raise NotFound(f"no job {pk[:20]!r}")
     return Response(job_json(job))
 
 
+@extend_schema(operation_id="job_cancel", request=EmptySerializer,
+               responses={200: JobRow, **ERRORS})
 @api_view(["POST"])
 def job_cancel(request, pk: str):
     """Operator: the job answers ``cancelling`` and ends ``cancelled`` within a second."""
-    try:
-        return Response(job_json(dlq.cancel_job(request.user, pk)))
-    except ActionError as exc:
-        return Response({"error": str(exc)}, status=exc.status)
+    check_request(request, EmptySerializer, action="job.cancel", target=pk[:64], role="operator")
+    return Response(job_json(dlq.cancel_job(request.user, pk)))

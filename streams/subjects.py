@@ -34,3 +34,33 @@ def is_valid(subject: str, wildcards: bool = True) -> bool:
         if token not in ("*", ">") and ("*" in token or ">" in token):
             return False
     return True
+
+
+# The bus's own subjects: JetStream's API and acks, KV and object stores, the system
+# account, reply inboxes, and the console's own traffic (snapshots, alerts). Nothing the
+# console sends on an operator's behalf (a probe, a replay) may land there: a probe to
+# `$JS.API.STREAM.DELETE.X` would delete a stream, a replay to `$KV.LUCENT_LEADER.collector`
+# would overwrite the collectors' leader lease.
+RESERVED = ("$JS.>", "$KV.>", "$O.>", "$SYS.>", "_INBOX.>", "lucent.console.>")
+DEAD_LETTERS = "lucent.deadletter.>"
+
+
+def reserved(subject: str, replay: bool = False) -> str | None:
+    """Why ``subject`` may not be sent to by the console, or None. ``replay`` also
+    refuses the dead letters themselves (a replay there would be captured again)."""
+    for pattern in RESERVED + ((DEAD_LETTERS,) if replay else ()):
+        if matches(pattern, subject):
+            if pattern == DEAD_LETTERS:
+                return "replaying into the dead letters themselves is refused"
+            return (f"{subject[:80]!r} is one of the bus's own subjects ({pattern}): "
+                    "the console does not send there")
+    return None
+
+
+def refuse_reserved(subject: str, replay: bool = False) -> None:
+    """Raise ActionError (400) when ``subject`` is one of the bus's own subjects."""
+    from lucent_console.actions import ActionError
+
+    reason = reserved(subject, replay)
+    if reason:
+        raise ActionError(reason)

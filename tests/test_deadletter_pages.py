@@ -84,7 +84,7 @@ def test_operators_replay_dry_run_and_jobs_through_the_api(client, users, letter
     dry = client.post("/api/v1/deadletters/replay/", {"dry_run": True, "stream": "ORDERS"},
                       content_type="application/json").json()
     assert dry["dry_run"] is True and dry["matched"] == 2
-    bad = client.post("/api/v1/deadletters/replay/", {"subject": "nowhere.x"},
+    bad = client.post("/api/v1/deadletters/replay/", {"subject": "nowhere.x", "all": True},
                       content_type="application/json")
     assert bad.status_code == 400 and "no stream stores" in bad.json()["error"]
     job = client.post("/api/v1/deadletters/purge/", {"subject": "orders.us.*"},

@@ -108,7 +108,7 @@ def test_bad_purge_input_is_a_clear_error_and_changes_nothing(client, users, job
 
 def test_unknown_streams_and_bad_sequences_are_refused_clearly(client, users, jobs):
     c = _as(client, users, "admin")
-    r = c.post("/api/v1/streams/NOPE/purge/", {}, content_type="application/json")
+    r = c.post("/api/v1/streams/NOPE/purge/", {"all": True}, content_type="application/json")
     assert r.status_code == 404 and "no stream named 'NOPE'" in r.json()["error"]
     assert c.delete("/api/v1/streams/JOBS/messages/abc/").status_code == 400
     assert c.delete("/api/v1/streams/JOBS/messages/0/").status_code == 400

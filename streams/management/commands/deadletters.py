@@ -8,9 +8,15 @@ from django.core.management.base import BaseCommand, CommandError
 
 from lucent_console.actions import ActionError
 from lucent_console.bus.runner import run_with_bus
+from lucent_console.serializers import check
 from streams import capture, dlq
 from streams.deadletter_api import _row
 from streams.models import Job
+from streams.serializers import (
+    BulkPurgeSerializer,
+    BulkReplaySerializer,
+    DeadLetterReplaySerializer,
+)
 
 NO_WORKER_S = 10  # a job still queued after this long: say that no worker seems to be there
 
@@ -66,24 +72,56 @@ class Command(BaseCommand):
                               f"{r['subject']} {r['consumer']} {r['reason']} {r['status']}")
         self.stdout.write(f"{qs.count()} matched")
 
+    def request(self, action: str, filters: dict, opts: dict) -> dict:
+        """The API's request body for these options (only what was given): the CLI is
+        validated by the API's serializer, so it refuses what the API refuses."""
+        if opts["id"]:
+            body = {"subject": opts["target"], "remove_original": opts["remove_original"] or None}
+        else:
+            body = {**{("subject_filter" if k == "subject" else k): v for k, v in filters.items()},
+                    "all": opts["all"] or None, "dry_run": opts["dry_run"] or None}
+            if action == "replay":
+                body.update(subject=opts["target"], rate=opts["rate"],
+                            remove_original=opts["remove_original"] or None)
+            elif opts["target"] or opts["rate"] is not None or opts["remove_original"]:
+                raise CommandError("purge takes no --to, --rate or --remove-original")
+        return {k: v for k, v in body.items() if v is not None}
+
     def act(self, action, filters, opts):
         user = self.user(opts["user"])
+        body = self.request(action, filters, opts)
         if opts["id"]:
             if opts["dry_run"]:
                 self.stdout.write(f"would {action} dead letter {opts['id']}")
                 return
-            fn = dlq.replay if action == "replay" else dlq.purge_one
-            args = (opts["target"], opts["remove_original"]) if action == "replay" else ()
-            self.stdout.write(json.dumps(fn(user, opts["id"], *args), default=str))
+            if action == "replay":
+                data = check(DeadLetterReplaySerializer, body, user=user,
+                             action="deadletter.replay", target=str(opts["id"]), role="operator")
+                result = dlq.replay(user, opts["id"], data.get("subject"),
+                                    bool(data.get("remove_original")))
+            else:
+                result = dlq.purge_one(user, opts["id"])
+            self.stdout.write(json.dumps(result, default=str))
             return
+        serializer = BulkReplaySerializer if action == "replay" else BulkPurgeSerializer
         if not filters and not opts["all"]:
+            # Audited like the API's refusal, with the CLI's wording of the remedy.
+            try:
+                check(serializer, body, user=user, action=f"deadletter.{action}_bulk",
+                      target="DEAD_LETTERS", role="operator")
+            except ActionError:
+                pass
             raise CommandError(f"{action} of every dead letter: give a filter, or --all to mean it")
-        if opts["dry_run"]:
-            preview = dlq.dry_run(dlq.clean_filters(filters), opts["target"])
+        data = check(serializer, body, user=user, action=f"deadletter.{action}_bulk",
+                     target="DEAD_LETTERS", role="operator")
+        filters = serializer.filters(data)
+        target = data.get("subject") if action == "replay" else None
+        if data.get("dry_run"):
+            preview = dlq.dry_run(dlq.clean_filters(filters), target)
             self.stdout.write(json.dumps({"dry_run": True, **preview}, indent=2))
             return
-        started = dlq.start_job(user, action, filters, opts["target"], opts["rate"],
-                                opts["remove_original"])
+        started = dlq.start_job(user, action, filters, target, data.get("rate"),
+                                bool(data.get("remove_original")), everything=bool(data.get("all")))
         self.wait(user, started["job"])
 
     def wait(self, user, job_id: int) -> None:
