@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from django.http import Http404
 from django.shortcuts import render
 from django.views.decorators.http import require_GET, require_http_methods
@@ -97,8 +99,16 @@ def hierarchy_panel(snapshot: dict | None) -> dict:
     from .hierarchy import LEVELS, Hierarchy
 
     records = (snapshot or {}).get("hierarchy") or {}
-    levels = [{"level": level, "items": [r for r in records.values() if r["level"] == level]}
-              for level in LEVELS]
+
+    def natural(r: dict) -> list:
+        # In name order, numbers by value (node-2 before node-10): arrival order moved
+        # nodes around on every update.
+        # Bus ids: ASCII digits only, and few enough for int() (it refuses 4,300+).
+        return [(0, int(p), "") if p[0] in "0123456789" and len(p) < 40 else (1, 0, p)
+                for p in re.split(r"([0-9]+)", str(r.get("id", "")).lower()) if p]
+
+    levels = [{"level": level, "items": sorted(
+        (r for r in records.values() if r["level"] == level), key=natural)} for level in LEVELS]
     return {"levels": levels, "silent": Hierarchy().silent_levels(records)}
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import ctypes
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -50,7 +51,14 @@ class Child:
     env: dict[str, str] | None = None
     echo: bool = True
     infrastructure: bool = False  # stopped last (the embedded nats-server)
+    # A line that says the child is up (regex): `up` waits for it before its banner, so the
+    # banner is the last thing printed at startup rather than lost among the children's.
+    ready: str | None = None
+    # Known harmless lines not echoed (still kept in the tail shown when the child dies).
+    mute: tuple[str, ...] = ()
     proc: subprocess.Popen | None = None
+    is_ready: bool = False
+    last_line_at: float = 0.0
     tail: collections.deque = field(default_factory=lambda: collections.deque(maxlen=15))
     restarts: list[float] = field(default_factory=list)
 
@@ -65,6 +73,11 @@ class Child:
         for raw in iter(proc.stdout.readline, b""):
             line = raw.decode(errors="replace").rstrip()
             self.tail.append(line)
+            self.last_line_at = time.monotonic()
+            if self.ready and re.search(self.ready, line):
+                self.is_ready = True
+            if any(m in line for m in self.mute):
+                continue
             if self.echo:
                 out.write(f"[{self.name}] {line}\n")
                 out.flush()
@@ -110,6 +123,19 @@ class Supervisor:
         child.start(self.out)
         self.children.append(child)
         return child
+
+    def settle(self, timeout: float = 20.0, quiet: float = 0.7) -> None:
+        """Wait until every child with a ``ready`` line has said it (or died) and all have
+        been silent for ``quiet`` seconds, at most ``timeout``: their startup lines come
+        before whatever is printed next."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            waiting = [c for c in self.children
+                       if c.ready and not c.is_ready and c.poll() is None]
+            last = max((c.last_line_at for c in self.children), default=0.0)
+            if not waiting and time.monotonic() - last >= quiet:
+                return
+            time.sleep(0.1)
 
     def check(self) -> bool:
         """Restart children that died; False when one keeps dying (give up)."""

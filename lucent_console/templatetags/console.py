@@ -3,9 +3,15 @@ put into markup by ``sparkline``; everything else is escaped by templates."""
 
 from __future__ import annotations
 
+import json
+import math
+import re
+from datetime import UTC, datetime
+
 from django import template
-from django.utils.html import format_html
+from django.utils.html import conditional_escape, format_html
 from django.utils.safestring import mark_safe
+from django.utils.timezone import now as django_now
 
 register = template.Library()
 
@@ -80,3 +86,136 @@ def clock(epoch) -> str:
     if epoch is None:
         return "–"
     return datetime.fromtimestamp(float(epoch), UTC).strftime("%H:%M:%S")
+
+
+# ------------------------------------------------------------------ times and ids
+#
+# Bus times arrive as datetimes, ISO strings (JetStream's carry nanoseconds, and its zero
+# time is year 1), epoch numbers in s, ms, µs or ns, or garbage. A page must never fail on
+# one: what cannot be read is shown as given (escaped), never raised.
+
+_ISO = re.compile(r"^(\d{4}-\d\d-\d\d)[T ](\d\d:\d\d(?::\d\d)?)(?:[.,](\d+))?\s*(Z|[+-]\d\d:?\d\d)?$")
+
+
+def _parse_time(value) -> tuple[datetime, str] | None:
+    """(aware UTC datetime, exact UTC text with every fraction digit it had) or None."""
+    try:
+        if isinstance(value, datetime):
+            when = value if value.tzinfo else value.replace(tzinfo=UTC)
+            when = when.astimezone(UTC)
+            return when, when.strftime("%Y-%m-%d %H:%M:%S.%f").rstrip("0").rstrip(".") + " UTC"
+        if isinstance(value, bool) or value is None:
+            return None
+        if isinstance(value, str) and re.fullmatch(r"\s*-?\d+(\.\d+)?\s*", value):
+            value = float(value)
+        if isinstance(value, (int, float)):
+            seconds = float(value)
+            if not math.isfinite(seconds) or seconds <= 0:
+                return None
+            # Seconds past 1e11 would be the year 5138: such numbers are ns, µs or ms.
+            for above, scale in ((1e17, 1e9), (1e14, 1e6), (1e11, 1e3)):
+                if seconds > above:
+                    seconds /= scale
+                    break
+            when = datetime.fromtimestamp(seconds, UTC)
+            return when, when.strftime("%Y-%m-%d %H:%M:%S.%f").rstrip("0").rstrip(".") + " UTC"
+        if not isinstance(value, str):
+            return None
+        m = _ISO.match(value.strip())
+        if not m:
+            return None
+        day, clock_, fraction, zone = m.groups()
+        if len(clock_) == 5:
+            clock_ += ":00"
+        zone = "+00:00" if zone in (None, "Z") else (zone if ":" in zone else zone[:3] + ":" + zone[3:])
+        when = datetime.fromisoformat(f"{day}T{clock_}.{(fraction or '0')[:6].ljust(6, '0')}{zone}")
+        when = when.astimezone(UTC)
+        if when.year < 1971:  # JetStream's "no time" (0001-01-01T00:00:00Z)
+            return None
+        exact = when.strftime("%Y-%m-%d %H:%M:%S")
+        if fraction and zone == "+00:00" and fraction.strip("0"):
+            exact += "." + fraction.rstrip("0")  # all of the bus's digits, nanoseconds too
+        elif when.microsecond:
+            exact += when.strftime(".%f").rstrip("0")
+        return when, exact + " UTC"
+    except (ValueError, OverflowError, OSError, TypeError):
+        return None
+
+
+def relative(seconds: float) -> str:
+    """A past interval as an on-call engineer says it: 42 s, 3 min, 2 h 5 min, 3 d."""
+    future = seconds < -1
+    s = abs(seconds)
+    if s < 1:
+        return "just now"
+    if s < 60:
+        text = f"{s:.0f} s"
+    elif s < 3600:
+        text = f"{s // 60:.0f} min"
+    elif s < 86400:
+        h, m = divmod(s // 60, 60)
+        text = f"{h:.0f} h" + (f" {m:.0f} min" if m and h < 10 else "")
+    else:
+        text = f"{s // 86400:.0f} d"
+    return f"in {text}" if future else f"{text} ago"
+
+
+def _time_tag(value, text_of) -> str:
+    parsed = _parse_time(value)
+    if parsed is None:
+        if value in (None, "") or isinstance(value, (int, float)) or str(value).startswith("0001-"):
+            return "–"  # no time: JetStream's zero time, 0, NaN
+        return conditional_escape(str(value)[:64])
+    when, exact = parsed
+    iso = when.isoformat().replace("+00:00", "Z")
+    if text_of is None:
+        return format_html('<time datetime="{}" title="{}" data-rel>{}</time>', iso, exact,
+                           relative((django_now() - when).total_seconds()))
+    return format_html('<time datetime="{}" title="{}">{}</time>', iso, exact, text_of(when))
+
+
+@register.filter
+def ago(value) -> str:
+    """``<time>`` saying how long ago (kept current by static/lucent/live.js), the exact UTC
+    time on hover. Anything unreadable is shown as it came, escaped."""
+    return _time_tag(value, None)
+
+
+@register.filter
+def at(value) -> str:
+    """``<time>`` with the UTC clock time (feeds, where the order matters more than the
+    age), the exact time with its date on hover."""
+    return _time_tag(value, lambda when: when.strftime("%H:%M:%S"))
+
+
+@register.filter
+def ident(value, chars: int = 16) -> str:
+    """An id cut to ``chars`` for the table, whole on hover, copied whole on click
+    (static/lucent/live.js: elements with data-copy)."""
+    text = "" if value is None else str(value)
+    if not text:
+        return "–"
+    shown = text if len(text) <= chars else text[: max(1, chars - 1)] + "…"
+    return format_html('<code class="id" title="{} (click to copy)" data-copy="{}">{}</code>',
+                       text, text, shown)
+
+
+@register.filter
+def pairs(value) -> list[tuple[str, str]]:
+    """Audit parameters (a JSON object) as (key, readable value) rows; anything else as one
+    row, so an odd record still shows what it holds."""
+    if isinstance(value, dict):
+        out = []
+        for key, v in value.items():
+            if isinstance(v, (dict, list)):
+                v = json.dumps(v, ensure_ascii=False, default=str)
+            elif v is None:
+                v = "–"
+            elif isinstance(v, bool):
+                v = "yes" if v else "no"
+            out.append((str(key), str(v)))
+        return out
+    if value in (None, "", [], {}):
+        return []
+    return [("", json.dumps(value, ensure_ascii=False, default=str)
+             if isinstance(value, list) else str(value))]

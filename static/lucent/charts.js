@@ -4,12 +4,26 @@
 // The websocket swaps #chart-point out of band: data-t and data-values {key: value}.
 (function () {
   const data = JSON.parse(document.getElementById("chart-data").textContent);
-  const layout = (title) => ({
-    title: {text: title, font: {size: 13}}, height: 240, margin: {l: 50, r: 10, t: 30, b: 30},
-    paper_bgcolor: "#161d24", plot_bgcolor: "#161d24", font: {color: "#d7dee5"},
-    xaxis: {type: "date", gridcolor: "#26313b"}, yaxis: {gridcolor: "#26313b", rangemode: "tozero"},
-    legend: {orientation: "h"},
-  });
+  // Colours from console.css's variables: the charts follow the light/dark theme.
+  const colours = () => {
+    const css = getComputedStyle(document.documentElement);
+    const v = (name) => css.getPropertyValue(name).trim();
+    return {paper_bgcolor: v("--panel"), plot_bgcolor: v("--panel"), font: {color: v("--text")},
+            "xaxis.gridcolor": v("--line"), "yaxis.gridcolor": v("--line")};
+  };
+  const layout = (title) => {
+    const c = colours();
+    return {
+      title: {text: title, font: {size: 13}}, height: 240, margin: {l: 50, r: 10, t: 30, b: 30},
+      paper_bgcolor: c.paper_bgcolor, plot_bgcolor: c.plot_bgcolor, font: c.font,
+      xaxis: {type: "date", gridcolor: c["xaxis.gridcolor"]},
+      yaxis: {gridcolor: c["yaxis.gridcolor"], rangemode: "tozero"},
+      legend: {orientation: "h"},
+    };
+  };
+  const recolour = () => { for (const chart of data.charts) Plotly.relayout(chart.id, colours()); };
+  document.addEventListener("lucent:theme", recolour);
+  window.matchMedia("(prefers-color-scheme: light)").addEventListener("change", recolour);
   const cfg = {displayModeBar: false, responsive: true};
   for (const chart of data.charts) {
     const x = chart.x ? data.series[chart.x] : data.t;

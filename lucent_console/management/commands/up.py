@@ -113,20 +113,29 @@ class Command(BaseCommand):
             py, "-m", "uvicorn", "lucent_console.asgi:application", "--host", host,
             "--port", str(port), "--no-access-log", "--lifespan", "off", "--ws", "websockets-sansio",
             "--timeout-graceful-shutdown", "3"], env))
-        self.sup.start(Child("collector", [py, manage, "collector"], env))
+        self.sup.start(Child("collector", [py, manage, "collector"], env,
+                             ready=r"is the leader|: standby"))
         celery = [py, "-m", "celery", "-A", "lucent_console", "--quiet"]
+        # Celery warns at length when its worker runs as root (a container, a dev VM). Our
+        # worker takes JSON only (no pickle), which is what the warning is about; silenced for
+        # this child alone, by its exact start.
+        worker_env = {**env, "PYTHONWARNINGS": ",".join(filter(None, [
+            env.get("PYTHONWARNINGS"), "ignore:You're running the worker with superuser privileges"]))}
         self.sup.start(Child("worker", celery + [
             "worker", "--pool", "threads", "--concurrency", "4", "--loglevel", "WARNING",
-            "--without-gossip", "--without-mingle", "--without-heartbeat"], env))
+            "--without-gossip", "--without-mingle", "--without-heartbeat"], worker_env,
+            # kombu's filesystem transport has no host; it says so once per connection.
+            mute=("No hostname was supplied. Reverting to default 'localhost'",)))
         self.sup.start(Child("beat", celery + [
             "beat", "--loglevel", "WARNING",
             "--schedule", str(settings.VAR_DIR / "celerybeat-schedule")], env))
         if demo:
-            self.sup.start(Child("demo", [py, manage, "demo"], env))
+            self.sup.start(Child("demo", [py, manage, "demo"], env, ready=r"^demo: "))
         try:
             embedded.wait_listening(port, 30, host=self.local(host))
         except TimeoutError:
             raise CommandError(f"the web server did not start listening on {host}:{port}") from None
+        self.sup.settle()
         self.stdout.write(self.style.SUCCESS(
             f"\n  Lucent Console is running at http://{self.local(host)}:{port}/\n"
             f"  {login_hint}\n  Stop it with Ctrl-C.\n"))
