@@ -10,7 +10,7 @@ from rest_framework.decorators import api_view
 from rest_framework.response import Response
 
 from lucent_console.actions import ActionError
-from lucent_console.api import ERRORS, PAGING, Page
+from lucent_console.api import ERRORS, ID, PAGING, Page
 from lucent_console.roles import has_role
 from lucent_console.serializers import EmptySerializer, ErrorSerializer, check_request
 
@@ -69,8 +69,8 @@ def api_alerts(request):
 
 @extend_schema(operation_id="alert_action", request=AlertActionSerializer,
                responses={200: AlertRow, **ERRORS},
-               parameters=[OpenApiParameter("action", str, OpenApiParameter.PATH,
-                                            enum=list(ACTIONS))])
+               parameters=[ID, OpenApiParameter("action", str, OpenApiParameter.PATH,
+                                                enum=list(ACTIONS))])
 @api_view(["POST"])
 def api_alert_action(request, pk: str, action: str):
     """Operator: ``ack`` (body ``{}``) or ``silence`` (``{"minutes"}``)."""

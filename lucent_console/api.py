@@ -58,6 +58,11 @@ class AuditPage(serializers.Serializer):
     results = AuditRow(many=True)
 
 
+# Ids in paths are routed as text (a bad one answers 404, not a router miss); the schema
+# says what a real one looks like, so clients and the fuzzer reach real records.
+ID = OpenApiParameter("id", int, OpenApiParameter.PATH)
+SEQ = OpenApiParameter("seq", int, OpenApiParameter.PATH)
+
 PAGING = [OpenApiParameter("limit", int, required=False),
           OpenApiParameter("offset", int, required=False)]
 

@@ -8,7 +8,7 @@ from rest_framework.decorators import api_view
 from rest_framework.response import Response
 
 from lucent_console.actions import ActionError
-from lucent_console.api import ERRORS, PAGING, READ_ERRORS, Page
+from lucent_console.api import ERRORS, PAGING, READ_ERRORS, SEQ, Page
 from lucent_console.serializers import EmptySerializer, check_request
 
 from . import services
@@ -106,7 +106,7 @@ def purge(request, name: str):
     return Response({"purged": purged, "stream": name})
 
 
-@extend_schema(operation_id="stream_delete_message", request=None,
+@extend_schema(operation_id="stream_delete_message", request=None, parameters=[SEQ],
                responses={200: DeleteResult, **ERRORS})
 @api_view(["DELETE"])
 def delete_message(request, name: str, seq: str):

@@ -8,7 +8,8 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework.decorators import api_view
 from rest_framework.response import Response
 
-from lucent_console.api import ERRORS, PAGING, READ_ERRORS, Page
+from lucent_console.actions import NotFound
+from lucent_console.api import ERRORS, ID, PAGING, READ_ERRORS, Page
 from lucent_console.serializers import EmptySerializer, check_request
 
 from . import dlq
@@ -58,16 +59,19 @@ def dl_list(request):
     return paginator.get_paginated_response([_row(x) for x in page])
 
 
-@extend_schema(operation_id="deadletter_detail", methods=["GET"],
+@extend_schema(operation_id="deadletter_detail", methods=["GET"], parameters=[ID],
                responses={200: DeadLetterDetail, **ERRORS})
 @extend_schema(operation_id="deadletter_delete", methods=["DELETE"], request=None,
-               responses={200: Purged, **ERRORS})
+               parameters=[ID], responses={200: Purged, **ERRORS})
 @api_view(["GET", "DELETE"])
 def dl_detail(request, pk: str):
     if request.method == "DELETE":
         check_request(request, EmptySerializer, action="deadletter.purge", target=str(pk)[:64],
                       role="operator")
         return Response(dlq.purge_one(request.user, pk))
+    if not (pk.isascii() and pk.isdigit() and len(pk) < 19):
+        # Beyond 64 bits the database cannot even look (OverflowError): no such letter.
+        raise NotFound(f"no dead letter {pk[:20]!r}")
     letter = dlq.get(pk)
     stored = dlq.load(letter)
     out = {**_row(letter), "headers": stored.get("headers", letter.headers)}
@@ -83,7 +87,7 @@ def dl_detail(request, pk: str):
 
 
 @extend_schema(operation_id="deadletter_replay", request=DeadLetterReplaySerializer,
-               responses={200: Replayed, **ERRORS})
+               parameters=[ID], responses={200: Replayed, **ERRORS})
 @api_view(["POST"])
 def dl_replay(request, pk: str):
     data = check_request(request, DeadLetterReplaySerializer, action="deadletter.replay",

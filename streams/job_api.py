@@ -7,7 +7,7 @@ from rest_framework.decorators import api_view
 from rest_framework.response import Response
 
 from lucent_console.actions import NotFound
-from lucent_console.api import ERRORS
+from lucent_console.api import ERRORS, ID
 from lucent_console.serializers import EmptySerializer, check_request
 
 from . import dlq
@@ -23,7 +23,7 @@ def job_json(job: Job) -> dict:
             "finished_at": job.finished_at.isoformat() if job.finished_at else None}
 
 
-@extend_schema(operation_id="job_detail", responses={200: JobRow, **ERRORS})
+@extend_schema(operation_id="job_detail", parameters=[ID], responses={200: JobRow, **ERRORS})
 @api_view(["GET"])
 def job_detail(request, pk: str):
     # isdigit() is true for "²" and other digits int() refuses; only ASCII digits are ids.
@@ -34,7 +34,7 @@ def job_detail(request, pk: str):
     return Response(job_json(job))
 
 
-@extend_schema(operation_id="job_cancel", request=EmptySerializer,
+@extend_schema(operation_id="job_cancel", request=EmptySerializer, parameters=[ID],
                responses={200: JobRow, **ERRORS})
 @api_view(["POST"])
 def job_cancel(request, pk: str):
