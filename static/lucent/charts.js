@@ -2,7 +2,14 @@
 // #chart-data: {"t": [...], "series": {key: [...]}, "charts": [{"id", "title",
 // "traces": [[key, label], ...], "bar"?: true, "x"?: key of its own times}]}.
 // The websocket swaps #chart-point out of band: data-t and data-values {key: value}.
+//
+// plotly.min.js is 4.6 MB of JavaScript: compiling it takes ~1.5 s on a small machine the
+// first time (later visits use the browser's code cache). Loaded as a parser-blocking
+// script it held back the whole page (figures, consumers, forms) and its load event; so
+// this file is deferred and fetches plotly (data-plotly, its hashed URL) only once the page
+// has loaded: the figures show at once and the charts follow.
 (function () {
+  const me = document.currentScript;
   const data = JSON.parse(document.getElementById("chart-data").textContent);
   // Colours from console.css's variables: the charts follow the light/dark theme.
   const colours = () => {
@@ -11,7 +18,7 @@
     return {paper_bgcolor: v("--panel"), plot_bgcolor: v("--panel"), font: {color: v("--text")},
             "xaxis.gridcolor": v("--line"), "yaxis.gridcolor": v("--line")};
   };
-  const layout = (title) => {
+  const layout = (title, empty) => {
     const c = colours();
     return {
       title: {text: title, font: {size: 13}}, height: 240, margin: {l: 50, r: 10, t: 30, b: 30},
@@ -19,29 +26,66 @@
       xaxis: {type: "date", gridcolor: c["xaxis.gridcolor"]},
       yaxis: {gridcolor: c["yaxis.gridcolor"], rangemode: "tozero"},
       legend: {orientation: "h"},
+      // No samples yet (a new stream or console): say so rather than draw the year 2000.
+      annotations: !empty ? [] : [{text: "no samples yet: one every 10 s", showarrow: false,
+        xref: "paper", yref: "paper", x: 0.5, y: 0.5, font: {color: c.font.color}}],
     };
   };
-  const recolour = () => { for (const chart of data.charts) Plotly.relayout(chart.id, colours()); };
-  document.addEventListener("lucent:theme", recolour);
-  window.matchMedia("(prefers-color-scheme: light)").addEventListener("change", recolour);
-  const cfg = {displayModeBar: false, responsive: true};
-  for (const chart of data.charts) {
-    const x = chart.x ? data.series[chart.x] : data.t;
-    Plotly.newPlot(chart.id, chart.traces.map(([key, name]) => (
-      {x: x, y: data.series[key], name: name, type: chart.bar ? "bar" : "scatter",
-       mode: chart.bar ? undefined : "lines"})), layout(chart.title), cfg);
-  }
-  if (document.getElementById("history").dataset.live !== "1") return;
-  document.body.addEventListener("htmx:oobAfterSwap", (e) => {
-    const el = document.getElementById("chart-point");
-    if (!el || !el.dataset.t || e.detail.target.id !== "chart-point") return;
-    const values = JSON.parse(el.dataset.values || "{}");
+  let drawn = false;
+  const waiting = [];  // live points that came before plotly did
+
+  function extend(point) {
     for (const chart of data.charts) {
       const idx = [], ys = [];
       chart.traces.forEach(([key], i) => {
-        if (!chart.x && key in values) { idx.push(i); ys.push([values[key]]); }
+        if (!chart.x && key in point.values) { idx.push(i); ys.push([point.values[key]]); }
       });
-      if (idx.length) Plotly.extendTraces(chart.id, {x: idx.map(() => [el.dataset.t]), y: ys}, idx, 2000);
+      if (!idx.length) continue;
+      Plotly.extendTraces(chart.id, {x: idx.map(() => [point.t]), y: ys}, idx, 2000);
+      const shown = document.getElementById(chart.id).layout;
+      if (shown && shown.annotations && shown.annotations.length) Plotly.relayout(chart.id, {annotations: []});
     }
-  });
+  }
+
+  function draw() {
+    const cfg = {displayModeBar: false, responsive: true};
+    for (const chart of data.charts) {
+      const x = chart.x ? data.series[chart.x] : data.t;
+      document.getElementById(chart.id).classList.remove("loading");
+      Plotly.newPlot(chart.id, chart.traces.map(([key, name]) => (
+        {x: x, y: data.series[key], name: name, type: chart.bar ? "bar" : "scatter",
+         mode: chart.bar ? undefined : "lines"})), layout(chart.title, !(x && x.length)), cfg);
+    }
+    const recolour = () => { for (const chart of data.charts) Plotly.relayout(chart.id, colours()); };
+    document.addEventListener("lucent:theme", recolour);
+    window.matchMedia("(prefers-color-scheme: light)").addEventListener("change", recolour);
+    drawn = true;
+    waiting.splice(0).forEach(extend);
+  }
+
+  if (document.getElementById("history").dataset.live === "1") {
+    document.body.addEventListener("htmx:oobAfterSwap", (e) => {
+      const el = document.getElementById("chart-point");
+      if (!el || !el.dataset.t || e.detail.target.id !== "chart-point") return;
+      const point = {t: el.dataset.t, values: JSON.parse(el.dataset.values || "{}")};
+      if (drawn) extend(point); else waiting.push(point);
+    });
+  }
+
+  for (const chart of data.charts) document.getElementById(chart.id).classList.add("loading");
+  function load() {
+    if (window.Plotly) { draw(); return; }
+    const script = document.createElement("script");
+    script.src = me.dataset.plotly;
+    script.onload = draw;
+    script.onerror = () => {
+      for (const chart of data.charts) {
+        const el = document.getElementById(chart.id);
+        el.classList.remove("loading");
+        el.textContent = "The charts could not be loaded (plotly.min.js): reload the page.";
+      }
+    };
+    document.head.appendChild(script);
+  }
+  if (document.readyState === "complete") load(); else window.addEventListener("load", load);
 })();

@@ -1,0 +1,142 @@
+"""Look at it (issue 14): every page of a console with demo traffic in a real Chromium, at a
+desktop (1440x900) and a phone (390x844), screenshots kept in var/screenshots/ for a human
+to look at; the things a person would see wrong are asserted: numbers not right-aligned, a
+page wider than the phone, an indicator that says "live" while the socket is down."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from .support import CHROMIUM, CHROMIUM_ARGS, ROOT, Console, chromium_or_skip, cmdline, descendants, login
+
+pytestmark = [pytest.mark.browser, pytest.mark.suite("screenshots")]
+
+SHOTS = Path(os.getenv("LUCENT_SCREENSHOTS", ROOT / "var" / "screenshots"))
+SIZES = {"desktop": (1440, 900), "phone": (390, 844)}
+
+
+@pytest.fixture(scope="module")
+def console(tmp_path_factory):
+    c = Console(tmp_path_factory.mktemp("screens"))  # demo traffic, 30 % poison jobs
+    try:
+        c.wait_for("Lucent Console is running at")
+        yield c
+    finally:
+        c.kill()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    chromium_or_skip()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+def _pages(page, base: str) -> dict[str, str]:
+    """Every kind of page, with real ids found on the running console."""
+    page.goto(base + "/deadletters/")
+    page.wait_for_selector("#dl-body tr.dl-new a", timeout=60000)  # demo poison jobs failed
+    letter = page.locator("#dl-body tr.dl-new a").first.get_attribute("href")
+    page.goto(base + letter)
+    links = page.locator("a.trace-link")
+    trace = links.first.get_attribute("href") if links.count() else "/trace/"
+    page.goto(base + "/agents/")
+    agents = "#agents-panel a[href^='/agents/']:not([href*='hierarchy'])"
+    page.wait_for_selector(agents, timeout=30000)
+    agent = page.locator(agents).first.get_attribute("href")
+    return {
+        "overview": "/", "streams": "/streams/", "stream": "/streams/COMMANDS/",
+        "message": "/streams/COMMANDS/messages/1/", "deadletters": "/deadletters/",
+        "deadletter": letter, "agents": "/agents/", "agent": agent,
+        "hierarchy": "/agents/hierarchy/", "services": "/services/", "probe": "/services/probe/",
+        "alerts": "/alerts/", "trace-search": "/trace/", "trace": trace, "audit": "/audit/",
+        "not-found": "/streams/NO_SUCH_STREAM/", "admin": "/admin/",
+    }
+
+
+def test_every_page_at_desktop_and_phone_width(console, browser):
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    print(f"\nscreenshots: {SHOTS}")
+    context = browser.new_context(viewport={"width": 1440, "height": 900}, color_scheme="dark")
+    page = context.new_page()
+    login(page, console.url)
+    pages = _pages(page, console.url)
+    aligned, problems = 0, []
+    for size, (width, height) in SIZES.items():
+        page.set_viewport_size({"width": width, "height": height})
+        for name, path in pages.items():
+            page.goto(console.url + path)
+            page.wait_for_load_state("load")
+            if name in ("stream", "agent"):
+                page.wait_for_selector("#chart-rate .main-svg", timeout=15000)
+            elif name not in ("admin", "not-found"):
+                page.wait_for_selector("#live-status.ok", timeout=15000)
+            page.wait_for_timeout(300)  # the socket's first frames swapped in
+            page.screenshot(path=str(SHOTS / f"{name}-{size}.png"), full_page=True)
+            wide = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
+            if wide[0] > wide[1]:
+                culprits = page.evaluate("""() => [...document.querySelectorAll('body *')]
+                    .filter(e => e.getBoundingClientRect().right > window.innerWidth + 1
+                                 && !e.closest('.table-wrap'))
+                    .slice(0, 5).map(e => e.tagName + '.' + e.className + '#' + e.id)""")
+                problems.append(f"{path} at {width}px: {wide[0]} px wide ({culprits})")
+            align = page.evaluate("""() => [...document.querySelectorAll('td.n, th.n')]
+                .map(e => getComputedStyle(e).textAlign)""")
+            bad = [a for a in align if a != "right"]
+            if bad:
+                problems.append(f"{path}: {len(bad)} number cells aligned {set(bad)}")
+            aligned += len(align)
+        assert pages  # every page visited at this size
+    assert not problems, "\n".join(problems)
+    assert aligned > 50, "the pages showed hardly any number cells"
+
+    # The light theme, as the system asks for it, and the admin in it.
+    light = browser.new_context(viewport={"width": 1440, "height": 900}, color_scheme="light",
+                                storage_state=context.storage_state())
+    lp = light.new_page()
+    for name in ("overview", "stream", "admin"):
+        lp.goto(console.url + pages[name])
+        lp.wait_for_load_state("load")
+        lp.wait_for_timeout(800)
+        lp.screenshot(path=str(SHOTS / f"{name}-light.png"), full_page=True)
+    # Both in the light palette (console.css, admin.css: --bg / --body-bg #f6f8fa).
+    assert lp.evaluate("getComputedStyle(document.body).backgroundColor") == "rgb(246, 248, 250)"
+    lp.goto(console.url + "/")
+    assert lp.evaluate("getComputedStyle(document.body).backgroundColor") == "rgb(246, 248, 250)"
+    light.close()
+    context.close()
+
+
+def test_the_indicator_leaves_live_at_once_when_the_socket_closes(console, browser):
+    page = browser.new_page(viewport={"width": 1440, "height": 900})
+    login(page, console.url)
+    page.goto(console.url + "/streams/")
+    page.wait_for_selector("#live-status.ok", timeout=15000)
+    assert page.locator("#live-status .state").inner_text() == "live"
+    web = [p for p in descendants(console.proc.pid) if "uvicorn" in cmdline(p)]
+    assert web
+    killed = time.monotonic()
+    for pid in web:
+        os.kill(pid, signal.SIGKILL)  # `up` restarts it; the page's socket drops now
+    page.wait_for_selector("#live-status.reconnecting", timeout=3000)
+    left = time.monotonic() - killed
+    assert page.locator("#live-status .state").inner_text() == "reconnecting"
+    assert "ok" not in page.locator("#live-status").get_attribute("class").split()
+    assert "stale" in page.evaluate("document.body.className")  # figures greyed
+    page.wait_for_timeout(1200)
+    assert "old" in page.locator("#stale-banner").inner_text()  # with their age
+    page.screenshot(path=str(SHOTS / "streams-reconnecting-desktop.png"), full_page=True)
+    assert left < 2.0, f"left 'live' only after {left:.1f}s"
+    # The web child restarted: the page reconnects by itself and says live again.
+    page.wait_for_selector("#live-status.ok", timeout=30000)
+    assert "stale" not in page.evaluate("document.body.className")
+    page.close()
