@@ -592,6 +592,8 @@ async def _replay_rows(nc, rows: list[tuple], subject: str | None, remove_origin
             out[i] = (row, ActionError("payload unavailable: nothing to replay"))
         elif not target:
             out[i] = (row, ActionError("the original subject is unknown: give a subject"))
+        elif subjects.reserved(target, True):  # an original subject may be the bus's own
+            out[i] = (row, ActionError(subjects.reserved(target, True)))
         else:
             plan.append((i, row, target, msg))
     messages = [(target, msg["data"], replay_headers(msg["headers"], row[1], target, row[5]))

@@ -309,3 +309,18 @@ def test_the_cli_waits_for_a_worker_and_says_when_none_takes_the_job(users, sett
     job = Job.objects.get(pk=queued[0])
     assert job.state == "cancelled" and job.done == 0
     assert DeadLetter.objects.get().status == "new"  # the CLI did not run it itself
+
+
+async def test_a_bulk_replay_to_original_subjects_refuses_the_bus_own_ones(
+        fresh_nc, fresh_server, users, monkeypatch):
+    """A letter's original subject is bus data too: one naming a $KV subject is not sent."""
+    monkeypatch.setenv("NATS_URL", fresh_server.url)
+    await _explicit_letters(fresh_nc, 3, lambda i: "$KV.LUCENT_LEADER.collector" if i == 1
+                            else f"orders.eu.{i}")
+    await js.add_stream(fresh_nc, {"name": "KV_LUCENT_LEADER", "subjects": ["$KV.LUCENT_LEADER.>"],
+                                   "storage": "memory"})  # a stream that would store it
+    result = await sync_to_async(dlq.start_job)(users["operator"], "replay", {"consumer": "shipper"})
+    job = await sync_to_async(Job.objects.get)(pk=result["job"])
+    assert (job.state, job.done, job.failed) == ("done", 2, 1)
+    leader = await js.stream_info(fresh_nc, "KV_LUCENT_LEADER")
+    assert leader["state"]["messages"] == 0  # nothing written into the leader bucket
