@@ -18,7 +18,7 @@ import collections
 import re
 import time
 
-from lucent_console.bus import envelope, watch
+from lucent_bus import envelope, watch
 
 from .registry import UNTRACKED_KEY, clean_text
 
@@ -272,8 +272,8 @@ def failure_series(name: str, range_: str) -> dict:
     from django.db.models.functions import TruncHour, TruncMinute
     from django.utils import timezone
 
+    from deadletters.models import DeadLetter
     from streams import history
-    from streams.models import DeadLetter
 
     _, span = history.RANGES.get(range_, history.RANGES["1h"])
     trunc = TruncHour if span.days >= 2 else TruncMinute

@@ -4,3 +4,12 @@ from django.apps import AppConfig
 class AgentsConfig(AppConfig):
     name = "agents"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        # The overview's and the 24 h trends' figures of agents and services.
+        from streams import services
+
+        from . import registry
+
+        services.TOTALS.append(registry.totals)
+        services.OVERVIEW_PARTS.append(registry.overview_part)

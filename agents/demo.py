@@ -34,7 +34,7 @@ from nats.aio.client import Client
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
-from lucent_console.bus import deadletters, envelope
+from lucent_bus import deadletters, envelope
 
 log = logging.getLogger("lucent.demo")
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import collections
 import time
 
-from lucent_console.bus import envelope
+from lucent_bus import envelope
 
 from .registry import clean_text
 

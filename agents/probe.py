@@ -12,10 +12,9 @@ import time
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
-from lucent_console.actions import ActionError, audited
-from lucent_console.bus import envelope
-from lucent_console.bus import sync as bus_sync
-from streams import subjects
+from kernel.actions import ActionError, audited, refuse_reserved
+from lucent_bus import envelope, subjects
+from lucent_bus import sync as bus_sync
 
 MAX_COUNT = 1000
 MAX_TIMEOUT_S = 30.0
@@ -49,7 +48,7 @@ def probe(user, subject: str, payload: str | None = None, count=1, timeout=2.0) 
     with audited(user, "probe", subject, {"count": count, "timeout": timeout}, "operator") as outcome:
         if not subjects.is_valid(subject, wildcards=False):
             raise ActionError(f"{subject[:80]!r} is not a subject one can send a request to")
-        subjects.refuse_reserved(subject)
+        refuse_reserved(subject)
         try:
             if isinstance(count, float) and not count.is_integer():
                 raise ValueError(count)

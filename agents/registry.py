@@ -21,7 +21,7 @@ import math
 import time
 from typing import Any
 
-from lucent_console.bus import envelope
+from lucent_bus import envelope
 
 DEFAULT_INTERVAL_S = 5.0
 MAX_INTERVAL_S = 86_400.0
@@ -255,3 +255,17 @@ def store_event(event) -> None:
         cutoff = newest[KEEP_EVENTS:KEEP_EVENTS + 1]
         if cutoff:
             ServiceEvent.objects.filter(id__lte=cutoff[0]).delete()
+
+
+def totals(snapshot: dict) -> dict:
+    """The agents' and services' bus-wide figures (registered with streams.services)."""
+    agents = list((snapshot.get("agents") or {}).values())
+    instances = list(instances_of(snapshot.get("services")).values())
+    return {**{f"agents_{k}": sum(a["status"] == k for a in agents)
+               for k in ("working", "failing", "stuck", "idle")},
+            **{f"services_{k}": sum(r["status"] == k for r in instances)
+               for k in ("up", "stale", "down")}}
+
+
+def overview_part(snapshot: dict) -> dict:
+    return {"untracked": untracked_of(snapshot.get("services"))}

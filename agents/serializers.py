@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
-from lucent_console.serializers import (
+from kernel.serializers import (
     FiniteFloatField,
     StrictSerializer,
     SubjectField,

@@ -11,7 +11,7 @@ from drf_spectacular.utils import extend_schema
 from rest_framework.decorators import api_view
 from rest_framework.response import Response
 
-from lucent_console.api import ERRORS
+from kernel.api import ERRORS
 from streams import services as stream_services
 
 from . import registry
@@ -62,7 +62,7 @@ def api_services(request):
 @api_view(["POST"])
 def api_probe(request):
     """Operator: time N requests to a command subject (never one of the bus's own)."""
-    from lucent_console.serializers import check_request
+    from kernel.serializers import check_request
 
     from .probe import probe
 
@@ -79,7 +79,7 @@ def api_probe(request):
 @require_http_methods(["GET", "POST"])
 def probe_form(request):
     """GET: the form, pre-filled with a valid envelope; POST (htmx): run it, show the result."""
-    from lucent_console.actions import ActionError
+    from kernel.actions import ActionError
 
     from .probe import DEFAULT_SUBJECT, default_payload, probe
 

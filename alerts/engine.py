@@ -27,7 +27,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from lucent_console.bus import envelope
+from lucent_bus import envelope
 
 from . import notify
 from .models import Alert, Notification, Rule

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
-from lucent_console.serializers import StrictSerializer, WholeNumberField
+from kernel.serializers import StrictSerializer, WholeNumberField
 
 from .service import MAX_SILENCE_MIN
 

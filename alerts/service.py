@@ -7,7 +7,7 @@ from datetime import timedelta
 from django.db.models import Case, IntegerField, Value, When
 from django.utils import timezone
 
-from lucent_console.actions import ActionError, NotFound, audited
+from kernel.actions import ActionError, NotFound, audited
 
 from .models import Alert, Notification, Rule, Silence
 

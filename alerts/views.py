@@ -9,10 +9,10 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework.decorators import api_view
 from rest_framework.response import Response
 
-from lucent_console.actions import ActionError
-from lucent_console.api import ERRORS, ID, PAGING, Page
-from lucent_console.roles import has_role
-from lucent_console.serializers import EmptySerializer, ErrorSerializer, check_request
+from kernel.actions import ActionError
+from kernel.api import ERRORS, ID, PAGING, Page
+from kernel.roles import has_role
+from kernel.serializers import EmptySerializer, ErrorSerializer, check_request
 
 from . import service
 from .models import Alert

@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from lucent_console.bus import embedded  # noqa: E402
+from lucent_bus import embedded  # noqa: E402
 from tests.support import PASSWORD, Console, cmdline, descendants  # noqa: E402
 
 # <tr id="stream-NAME" ...> ... </tr>; the first <td class="n"> of a row is the message count.

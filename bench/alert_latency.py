@@ -25,7 +25,7 @@ import nats
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import _live  # noqa: E402
-from lucent_console.bus import envelope  # noqa: E402
+from lucent_bus import envelope  # noqa: E402
 from tests.support import WebhookReceiver  # noqa: E402
 
 SAMPLES, TIMEOUT = 30, 15.0

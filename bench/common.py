@@ -13,9 +13,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "lucent_console.settings")
 
-from lucent_console.bus import jetstream as js  # noqa: E402
-from lucent_console.bus.client import connect  # noqa: E402
-from lucent_console.bus.config import BusConfig  # noqa: E402
+from lucent_bus import jetstream as js  # noqa: E402
+from lucent_bus.client import connect  # noqa: E402
+from lucent_bus.config import BusConfig  # noqa: E402
 
 
 def header(title: str) -> None:

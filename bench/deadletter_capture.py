@@ -11,7 +11,7 @@ DeadLetter table N rows, several times over the same advisories (between runs
 DEAD_LETTERS, its index consumer and the capture consumer are recreated and the
 table emptied, so each run captures all N again):
 
-- ``pipelined``: the two loops run concurrently, as ``capture.run`` does in
+- ``pipelined``: the two loops run concurrently, as ``dl_index.run`` does in
   ``manage.py up``; default batch and concurrency;
 - ``phased``: all capture first, then all index (the split between the two);
 - the same with larger ``batch=`` / ``concurrency=`` arguments.
@@ -33,9 +33,10 @@ TARGET = 2000  # captures/s, end to end
 
 
 async def make_advisories(nc, n: int) -> None:
-    from lucent_console.bus import envelope
-    from lucent_console.bus import jetstream as js
-    from streams import capture, topology
+    from deadletters import capture as dl_capture
+    from lucent_bus import envelope
+    from lucent_bus import jetstream as js
+    from streams import topology
 
     await topology.apply(nc)
     await js.add_stream(nc, {"name": "ORDERS", "subjects": ["orders.>"], "storage": "file",
@@ -70,7 +71,7 @@ async def make_advisories(nc, n: int) -> None:
         deliveries += len(msgs)
         if not msgs or time.monotonic() - last_check > 1:
             last_check = time.monotonic()
-            adv = (await stream_state(nc, capture.ADVISORY_STREAM))["messages"]
+            adv = (await stream_state(nc, dl_capture.ADVISORY_STREAM))["messages"]
             if adv >= n:
                 break
     await sub.unsubscribe()
@@ -85,13 +86,14 @@ async def reset(nc) -> None:
     """Fresh DEAD_LETTERS (and dedup window), index and capture consumers, empty table."""
     from asgiref.sync import sync_to_async
 
-    from lucent_console.bus import deadletters as dl
-    from lucent_console.bus import jetstream as js
-    from streams import capture, topology
-    from streams.models import DeadLetter
+    from deadletters import capture as dl_capture
+    from deadletters.models import DeadLetter
+    from lucent_bus import deadletters as dl
+    from lucent_bus import jetstream as js
+    from streams import topology
 
     await js.delete_stream(nc, dl.STREAM)
-    await js.api(nc, f"CONSUMER.DELETE.{capture.ADVISORY_STREAM}.{capture.CAPTURE_CONSUMER}")
+    await js.api(nc, f"CONSUMER.DELETE.{dl_capture.ADVISORY_STREAM}.{dl_capture.CAPTURE_CONSUMER}")
     await topology.apply(nc)
     await sync_to_async(lambda: DeadLetter.objects.all().delete())()
 
@@ -100,8 +102,8 @@ async def verify(nc, n: int) -> str:
     from asgiref.sync import sync_to_async
     from django.db.models import Count
 
-    from lucent_console.bus import deadletters as dl
-    from streams.models import DeadLetter
+    from deadletters.models import DeadLetter
+    from lucent_bus import deadletters as dl
 
     def q():
         agg = DeadLetter.objects.aggregate(rows=Count("id"), distinct=Count("stream_seq", distinct=True))
@@ -118,13 +120,14 @@ async def verify(nc, n: int) -> str:
 async def run_once(nc, n: int, mode: str, cap_kw: dict, idx_kw: dict) -> dict:
     from asgiref.sync import sync_to_async
 
-    from lucent_console.bus import deadletters as dl
-    from streams import capture
-    from streams.models import DeadLetter
+    from deadletters import capture as dl_capture
+    from deadletters import index as dl_index
+    from deadletters.models import DeadLetter
+    from lucent_bus import deadletters as dl
 
     jsn = nc.jetstream()
-    cap = await jsn.pull_subscribe_bind(capture.CAPTURE_CONSUMER, capture.ADVISORY_STREAM)
-    idx = await jsn.pull_subscribe_bind(capture.INDEX_CONSUMER, dl.STREAM)
+    cap = await jsn.pull_subscribe_bind(dl_capture.CAPTURE_CONSUMER, dl_capture.ADVISORY_STREAM)
+    idx = await jsn.pull_subscribe_bind(dl_index.INDEX_CONSUMER, dl.STREAM)
     clock = Clock()
     done = {"cap": 0, "idx": 0}
     marks = {}
@@ -134,13 +137,13 @@ async def run_once(nc, n: int, mode: str, cap_kw: dict, idx_kw: dict) -> dict:
     async def capture_loop():
         while done["cap"] < n and time.monotonic() < deadline:
             with clock("capture"):
-                done["cap"] += await capture.capture_batch(nc, cap, **cap_kw)
+                done["cap"] += await dl_capture.capture_batch(nc, cap, **cap_kw)
         marks["capture_done"] = time.perf_counter() - t0
 
     async def index_loop():
         while time.monotonic() < deadline:
             with clock("index"):
-                got = await capture.index_batch(nc, idx, **idx_kw)
+                got = await dl_index.index_batch(nc, idx, **idx_kw)
             done["idx"] += got
             if done["idx"] >= n and got == 0 or done["idx"] >= n and \
                     await sync_to_async(DeadLetter.objects.count)() >= n:

@@ -61,7 +61,7 @@ def environment(prefix: str, with_bus: bool = True):
     try:
         setup_django(tmp / "var")
         if with_bus:
-            from lucent_console.bus import embedded
+            from lucent_bus import embedded
 
             server = embedded.single(tmp / "bus" / "js").start().wait()
             os.environ["NATS_URL"] = server.url
@@ -113,6 +113,6 @@ class Clock:
 
 
 async def stream_state(nc, name: str) -> dict:
-    from lucent_console.bus import jetstream as js
+    from lucent_bus import jetstream as js
 
     return (await js.stream_info(nc, name))["state"]

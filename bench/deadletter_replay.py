@@ -5,22 +5,22 @@ Run: .venv/bin/python bench/deadletter_replay.py [--n 100000] [--profile-n 10000
 
 1. N dead letters are produced cheaply: published straight to DEAD_LETTERS
    (``lucent.deadletter.ORDERS.shipper``) with the headers that
-   ``lucent_console.bus.deadletters.headers`` builds, Lucent-DL-Subject pointing at
+   ``lucent_bus.deadletters.headers`` builds, Lucent-DL-Subject pointing at
    ``orders.eu.<k>`` (stored by the target stream ORDERS), payload an ADR-003
-   envelope of ~330 bytes; then indexed with ``capture.index_batch`` loops.
+   envelope of ~330 bytes; then indexed with ``dl_index.index_batch`` loops.
 2. A bulk replay job over all of them (filter consumer=shipper) through
-   ``dlq.start_job`` with LUCENT_JOBS_INLINE=True and an operator user, timed
+   ``plans.start_job`` with LUCENT_JOBS_INLINE=True and an operator user, timed
    from the call to its return (the job is done then); checked: job done=N,
    failed=0, ORDERS grew by exactly N, every letter marked replayed. Reported
-   with it: the bus work (``dlq.replay_batch``, in the job's helper thread), the
-   recording (``dlq.record_replays``, overlapping it) and the CPU seconds of this
+   with it: the bus work (``replay.replay_batch``, in the job's helper thread), the
+   recording (``replay.record_replays``, overlapping it) and the CPU seconds of this
    process and of nats-server during the job.
 3. Baseline, same process: N messages of the same size (same payload, same
    headers as a replay carries, a unique Nats-Msg-Id each) to the same stream
    with ``js.publish_async`` then ``js.publish_async_completed()``.
 4. cProfile of a job over ``--profile-n`` other dead letters (consumer=profiled):
    the job's own thread (Django, DB) and the bus loop while each batch's bus
-   work (``dlq._replay_rows``) runs there, merged, top entries; bus calls counted.
+   work (``replay._replay_rows``) runs there, merged, top entries; bus calls counted.
 5. With ``--sketch``: the bench-side sketches that led to the job's current
    shape (``_lean_job``: one connection, pages of 1000, pipelined publishes,
    read by one STREAM.MSG.GET per letter or by one filtered consumer).
@@ -55,8 +55,8 @@ class CountConnects(logging.Handler):
 
 
 def payload_and_headers(i: int, consumer: str):
-    from lucent_console.bus import deadletters as dl
-    from lucent_console.bus import envelope
+    from lucent_bus import deadletters as dl
+    from lucent_bus import envelope
 
     subject = f"orders.eu.{i % 50}"
     env = envelope.make("ShipOrder", subject, {"order": i, "sku": f"SKU-{i % 977}",
@@ -73,9 +73,9 @@ async def produce(nc, n: int, consumer: str, offset: int = 0) -> tuple[float, fl
     """Publish n dead letters to DEAD_LETTERS and index them; (publish s, index s)."""
     from asgiref.sync import sync_to_async
 
-    from lucent_console.bus import deadletters as dl
-    from streams import capture
-    from streams.models import DeadLetter
+    from deadletters import index as dl_index
+    from deadletters.models import DeadLetter
+    from lucent_bus import deadletters as dl
 
     jsn = nc.jetstream()
     t0 = time.perf_counter()
@@ -85,11 +85,11 @@ async def produce(nc, n: int, consumer: str, offset: int = 0) -> tuple[float, fl
     await jsn.publish_async_completed()
     t_pub = time.perf_counter() - t0
     t0 = time.perf_counter()
-    idx = await jsn.pull_subscribe_bind(capture.INDEX_CONSUMER, dl.STREAM)
+    idx = await jsn.pull_subscribe_bind(dl_index.INDEX_CONSUMER, dl.STREAM)
     deadline, seen = time.monotonic() + 180, 0
     want = await sync_to_async(DeadLetter.objects.count)() + n
     while time.monotonic() < deadline:
-        got = await capture.index_batch(nc, idx, batch=2000)
+        got = await dl_index.index_batch(nc, idx, batch=2000)
         seen += got
         if seen >= n and (got == 0 or await sync_to_async(DeadLetter.objects.count)() >= want):
             break
@@ -101,7 +101,7 @@ async def produce(nc, n: int, consumer: str, offset: int = 0) -> tuple[float, fl
 
 
 async def setup(url: str, n: int, profile_n: int) -> None:
-    from lucent_console.bus import jetstream as js
+    from lucent_bus import jetstream as js
     from streams import topology
 
     nc = await bus(url)
@@ -120,7 +120,7 @@ async def setup(url: str, n: int, profile_n: int) -> None:
 
 async def baseline(url: str, n: int, tag: str) -> float:
     """Raw nats-py: n same-size messages to ORDERS with publish_async; msgs/s."""
-    from streams import dlq
+    from deadletters import replay
 
     nc = await bus(url)
     try:
@@ -129,7 +129,7 @@ async def baseline(url: str, n: int, tag: str) -> float:
         msgs = []
         for i in range(n):
             subject, data, stored = payload_and_headers(i, "shipper")
-            headers = dlq.replay_headers(stored, 1_000_000 + i, subject)
+            headers = replay.replay_headers(stored, 1_000_000 + i, subject)
             headers["Nats-Msg-Id"] = f"baseline-{tag}:{i}"
             msgs.append((subject, data, headers))
         t0 = time.perf_counter()
@@ -145,9 +145,9 @@ async def baseline(url: str, n: int, tag: str) -> float:
 
 
 def dlq_batches(n: int) -> int:
-    from streams import dlq
+    from deadletters import replay
 
-    return -(-n // dlq.BATCH)
+    return -(-n // replay.BATCH)
 
 
 async def read_baselines(url: str, n: int) -> tuple[float, float]:
@@ -155,8 +155,8 @@ async def read_baselines(url: str, n: int) -> tuple[float, float]:
     and by one STREAM.MSG.GET each (1000 in flight); msgs/s each."""
     from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-    from lucent_console.bus import deadletters as dl
-    from lucent_console.bus import jetstream as js
+    from lucent_bus import deadletters as dl
+    from lucent_bus import jetstream as js
 
     nc = await bus(url)
     try:
@@ -195,9 +195,9 @@ def operator():
 def query_plan(filters: dict) -> str:
     from django.db import connection
 
-    from streams import dlq
+    from deadletters import replay, search
 
-    qs = dlq.filtered(filters).filter(pk__gt=0).order_by("pk")[:dlq.BATCH]
+    qs = search.filtered(filters).filter(pk__gt=0).order_by("pk")[:replay.BATCH]
     sql, params = qs.query.sql_with_params()
     with connection.cursor() as cur:
         cur.execute("EXPLAIN QUERY PLAN " + sql, params)
@@ -217,17 +217,18 @@ def server_cpu(pid: int | None) -> float:
 def replay_job(consumer: str, n: int, url: str, server_pid: int | None = None) -> tuple[float, dict]:
     from django.conf import settings
 
-    from lucent_console.bus import client as bus_client
-    from lucent_console.bus.client import web_client
-    from streams import dlq
-    from streams.models import DeadLetter, Job, Replay
+    from deadletters import plans, replay
+    from deadletters.models import DeadLetter, Replay
+    from kernel.models import Job
+    from lucent_bus import client as bus_client
+    from lucent_bus.client import web_client
 
     settings.LUCENT_JOBS_INLINE = True
     user = operator()
     before = asyncio.run(_orders_messages(url))
     fds, clients = open_fds(), len(web_client._clients)
     spent = {"replay_batch": 0.0, "connect": 0.0, "record": 0.0, "sharded": 0.0}
-    orig_batch, orig_connect, orig_record = dlq.replay_batch, bus_client.connect, dlq.record_replays
+    orig_batch, orig_connect, orig_record = replay.replay_batch, bus_client.connect, replay.record_replays
 
     def timed_batch(*a, **kw):  # the bus part of a batch (helper thread), connects included
         t = time.perf_counter()
@@ -236,7 +237,7 @@ def replay_job(consumer: str, n: int, url: str, server_pid: int | None = None) -
         finally:
             spent["replay_batch"] += time.perf_counter() - t
 
-    orig_sharded = dlq.replay_sharded
+    orig_sharded = replay.replay_sharded
 
     def timed_sharded(*a, **kw):  # a whole batch split with the helper process (wall time)
         t = time.perf_counter()
@@ -259,18 +260,18 @@ def replay_job(consumer: str, n: int, url: str, server_pid: int | None = None) -
         finally:
             spent["connect"] += time.perf_counter() - t
 
-    dlq.replay_batch, bus_client.connect, dlq.record_replays = timed_batch, timed_connect, timed_record
-    dlq.replay_sharded = timed_sharded
+    replay.replay_batch, bus_client.connect, replay.record_replays = timed_batch, timed_connect, timed_record
+    replay.replay_sharded = timed_sharded
     cpu0, server0 = time.process_time(), server_cpu(server_pid)
     t0 = time.perf_counter()
     try:
-        result = dlq.start_job(user, "replay", {"consumer": consumer})
+        result = plans.start_job(user, "replay", {"consumer": consumer})
     finally:
         took = time.perf_counter() - t0
         spent["cpu_python"] = time.process_time() - cpu0
         spent["cpu_server"] = server_cpu(server_pid) - server0
-        dlq.replay_batch, bus_client.connect, dlq.record_replays = orig_batch, orig_connect, orig_record
-        dlq.replay_sharded = orig_sharded
+        replay.replay_batch, bus_client.connect, replay.record_replays = orig_batch, orig_connect, orig_record
+        replay.replay_sharded = orig_sharded
     job = Job.objects.get(pk=result["job"])
     after = asyncio.run(_orders_messages(url))
     replayed = DeadLetter.objects.filter(consumer=consumer, status=DeadLetter.REPLAYED).count()
@@ -293,11 +294,11 @@ async def _orders_messages(url: str) -> int:
 
 @contextlib.contextmanager
 def profiled_bus_calls(collected: list):
-    """Profile the bus loop's thread while each batch's bus work (``dlq._replay_rows``)
+    """Profile the bus loop's thread while each batch's bus work (``replay._replay_rows``)
     runs there, so the loop's own work in that time (parsing, callbacks) is captured too."""
-    from streams import dlq
+    from deadletters import replay
 
-    original = dlq._replay_rows
+    original = replay._replay_rows
 
     async def profiled(*a, **kw):
         prof = cProfile.Profile()
@@ -308,16 +309,16 @@ def profiled_bus_calls(collected: list):
             prof.disable()
             collected.append(prof)
 
-    dlq._replay_rows = profiled
+    replay._replay_rows = profiled
     try:
         yield
     finally:
-        dlq._replay_rows = original
+        replay._replay_rows = original
 
 
 def profile_job(url: str, n: int) -> None:
-    from lucent_console.bus import jetstream as js
-    from streams import dlq
+    from deadletters import plans, replay
+    from lucent_bus import jetstream as js
 
     counts = {"STREAM.MSG.GET": 0, "DIRECT.GET batches": 0, "other API": 0, "published": 0}
     orig_api, orig_get, orig_pub = js.api, js.direct_get_batch, js.publish_many
@@ -341,14 +342,14 @@ def profile_job(url: str, n: int) -> None:
         with profiled_bus_calls(loops):
             main.enable()
             t0 = time.perf_counter()
-            result = dlq.start_job(operator(), "replay", {"consumer": "profiled"})
+            result = plans.start_job(operator(), "replay", {"consumer": "profiled"})
             took_plain = time.perf_counter() - t0
             main.disable()
     finally:
         js.api, js.direct_get_batch, js.publish_many = orig_api, orig_get, orig_pub
     print(f"\nprofile: job over {n:,} dead letters (consumer=profiled) under cProfile: "
           f"{took_plain:.1f}s ({n / took_plain:,.0f} msgs/s with profiler overhead), job {result}")
-    print(f"  bus calls made: {counts} (BATCH={dlq.BATCH}, PUB_IN_FLIGHT={dlq.PUB_IN_FLIGHT}); "
+    print(f"  bus calls made: {counts} (BATCH={replay.BATCH}, PUB_IN_FLIGHT={replay.PUB_IN_FLIGHT}); "
           f"batches profiled on the bus loop: {len(loops)}")
     for title, profs, key in (("job thread (sync: Django, DB, waiting for the batch in flight)",
                                [main], "tottime"),
@@ -380,17 +381,18 @@ async def _lean_job(url: str, consumer: str, prefix: str, read: str,
     from asgiref.sync import sync_to_async
     from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-    from lucent_console.bus import deadletters as dl
-    from lucent_console.bus import jetstream as js
-    from streams import dlq
-    from streams.models import DeadLetter, Job, Replay
+    from deadletters import replay, search
+    from deadletters.models import DeadLetter, Replay
+    from kernel.models import Job
+    from lucent_bus import deadletters as dl
+    from lucent_bus import jetstream as js
 
     nc = await bus(url)
     jsn = nc.jetstream()
     job = await sync_to_async(Job.objects.create)(kind="replay", params={"filters": {"consumer": consumer}})
 
     def page(last_id):
-        return list(dlq.filtered({"consumer": consumer}).filter(pk__gt=last_id).order_by("pk")
+        return list(search.filtered({"consumer": consumer}).filter(pk__gt=last_id).order_by("pk")
                     .values_list("pk", "dl_seq")[:PAGE])
 
     clock = Clock()
@@ -458,7 +460,7 @@ async def _lean_job(url: str, consumer: str, prefix: str, read: str,
             t_pub = time.perf_counter()
             for seq, msg in stored.items():
                 target = msg["headers"].get(dl.H_SUBJECT)
-                headers = dlq.replay_headers(msg["headers"], seq, target)
+                headers = replay.replay_headers(msg["headers"], seq, target)
                 headers["Nats-Msg-Id"] = prefix + headers["Nats-Msg-Id"]
                 futures.append((seq, target, headers["Nats-Msg-Id"],
                                 await jsn.publish_async(target, msg["data"], headers=headers)))
@@ -490,7 +492,7 @@ async def _lean_job(url: str, consumer: str, prefix: str, read: str,
 
 
 def prototypes(url: str, n: int, base: float) -> None:
-    from streams.models import DeadLetter
+    from deadletters.models import DeadLetter
 
     print(f"\nsketches of the suggestions (bench code, same semantics, one connection, pages of "
           f"{PAGE}, publish_async, DB write overlapped), over the same {n:,} letters:")
@@ -529,10 +531,10 @@ def main(n: int, profile_n: int, server, no_sketch: bool = False) -> None:
     connects = counter.n - connects
     sp = check.pop("spent")
     rate = n / took
-    print(f"replay job (dlq.start_job inline, {n:,} dead letters): {took:.1f}s = {rate:,.0f} msgs/s; "
+    print(f"replay job (plans.start_job inline, {n:,} dead letters): {took:.1f}s = {rate:,.0f} msgs/s; "
           f"{'OK' if check['ok'] else 'MISMATCH'} {check}", flush=True)
     if sp["sharded"]:
-        print(f"  bus work shared with the helper process (dlq.Shard): "
+        print(f"  bus work shared with the helper process (replay.Shard): "
               f"whole batches {sp['sharded']:.1f}s wall ({sp['sharded'] / took:.0%} of the job); "
               f"the line below counts only this process's share of each batch")
     print(f"  split: bus work (replay_batch in the helper thread: read stored copies, publish "
@@ -575,6 +577,6 @@ if __name__ == "__main__":
                     help="also run the bench-side sketches (now implemented in dlq: off by default)")
     args = ap.parse_args()
     header(f"dead-letter bulk replay: {args.n:,} dead letters, against raw publish_async")
-    code_note("streams/dlq.py", "streams/capture.py", "lucent_console/bus/client.py")
+    code_note("deadletters/replay.py", "deadletters/jobs.py", "lucent_console/bus/client.py")
     with environment("dlreplay") as (_tmp, server):
         main(args.n, args.profile_n, server, not args.sketch)

@@ -7,14 +7,14 @@ with a skewed share (ORDERS ~40%), 3-6 consumers each, subjects
 ``<stream>.<region>.<action>``, ~1,000 distinct correlation ids spread across
 all rows plus a few specific ones (one row, 50 rows, a 20,000-row flood), a
 month of captured_at, ~300-byte search text, headers, 2% replayed and 1% purged.
-No bus is needed: ``dlq.filtered`` is database only.
+No bus is needed: ``search.filtered`` is database only.
 
 Timed (the console's own queryset, default ordering -captured_at, -dl_seq):
-- a page, ``list(dlq.filtered(f)[:50])``, and ``dlq.filtered(f).count()``;
+- a page, ``list(search.filtered(f)[:50])``, and ``search.filtered(f).count()``;
 - by correlation_id (median of 20 runs over 20 different ids; target < 100 ms),
   the specific ids, stream+consumer, and the wildcard subject ``orders.*.x``;
 - with the SQLite query plan of each page query.
-Also: the insert time, the database size, and what one ``capture.store_rows``
+Also: the insert time, the database size, and what one ``dl_rows.store_rows``
 (the index's write of 500 rows) costs on this table.
 """
 
@@ -52,7 +52,7 @@ SPECIFIC = {"corr-needle-7f3a": 1, "corr-incident-42": 50, "corr-storm-2026": 20
 
 
 def rows(total: int, batch: int):
-    from streams.models import DeadLetter
+    from deadletters.models import DeadLetter
 
     rnd = random.Random(20261127)
     weights = [s[1] for s in STREAMS]
@@ -98,7 +98,7 @@ def rows(total: int, batch: int):
 
 
 def insert(total: int, batch: int = 10_000) -> float:
-    from streams.models import DeadLetter
+    from deadletters.models import DeadLetter
 
     t0 = time.perf_counter()
     build = 0.0
@@ -145,18 +145,18 @@ def fmt(xs: list[float]) -> str:
 
 
 def search_case(title: str, filters_for, runs: int = 20, budget_s: float = 40.0) -> dict:
-    from streams import dlq
+    from deadletters import search
 
     sizes = []
 
     def page(i):
-        got = list(dlq.filtered(filters_for(i))[:50])
+        got = list(search.filtered(filters_for(i))[:50])
         sizes.append(len(got))
 
     counts = []
 
     def count(i):
-        counts.append(dlq.filtered(filters_for(i)).count())
+        counts.append(search.filtered(filters_for(i)).count())
 
     p = timed(page, runs, budget_s)
     c = timed(count, runs, budget_s)
@@ -164,7 +164,7 @@ def search_case(title: str, filters_for, runs: int = 20, budget_s: float = 40.0)
     print(f"{title}\n  page  list(qs[:50]): {fmt(p)}  [{ok(p)} {TARGET_MS} ms]  rows/page "
           f"{min(sizes)}-{max(sizes)}\n  count qs.count():   {fmt(c)}  [{ok(c)} {TARGET_MS} ms]  "
           f"matched {min(counts):,}-{max(counts):,}\n  plan: "
-          f"{plan(dlq.filtered(filters_for(0))[:50])}", flush=True)
+          f"{plan(search.filtered(filters_for(0))[:50])}", flush=True)
     return {"page_ms": statistics.median(p) * 1000, "count_ms": statistics.median(c) * 1000}
 
 
@@ -173,8 +173,8 @@ def what_if(results: dict) -> None:
     console's code): an index that also serves the ORDER BY, and GLOB instead of REGEXP."""
     from django.db import connection
 
-    from streams import dlq
-    from streams.models import DeadLetter
+    from deadletters import search
+    from deadletters.models import DeadLetter
 
     table = DeadLetter._meta.db_table
     print("\nwhat if (this bench's throwaway database only; the console is unchanged):")
@@ -212,7 +212,7 @@ def what_if(results: dict) -> None:
             return qs_for(i).filter(**extra).count()
 
         p, c = timed(page, 5), timed(count, 5)
-        want = dlq.filtered({"subject": pattern, **extra}).count() if pattern.endswith("x") else 0
+        want = search.filtered({"subject": pattern, **extra}).count() if pattern.endswith("x") else 0
         got = count(0)
         print(f"  subject GLOB {pattern!r} {extra or ''} instead of REGEXP: page {fmt(p)}; "
               f"count {fmt(c)}; matched {got:,} ({'same as' if got == want else 'DIFFERS from'} "
@@ -224,8 +224,8 @@ def what_if(results: dict) -> None:
 def main(total: int) -> None:
     from django.db import connection
 
-    from streams import capture
-    from streams.models import DeadLetter
+    from deadletters import rows as dl_rows
+    from deadletters.models import DeadLetter
 
     insert(total)
     with connection.cursor() as cur:
@@ -267,7 +267,7 @@ def main(total: int) -> None:
         'wildcard subject "orders.*.nope" (matches nothing: the page scans everything)',
         lambda i: {"subject": "orders.*.nope"}, runs=3, budget_s=20)
 
-    # The index's write path on a table this size (capture.store_rows counts the table twice).
+    # The index's write path on a table this size (dl_rows.store_rows counts the table twice).
     t = time.perf_counter()
     n = DeadLetter.objects.count()
     t_count = time.perf_counter() - t
@@ -275,10 +275,10 @@ def main(total: int) -> None:
                         stream="ORDERS", subject="orders.eu.created", consumer="shipper",
                         reason="max_deliveries", captured_at=datetime.now(UTC)) for i in range(500)]
     t = time.perf_counter()
-    added = capture.store_rows(extra)
+    added = dl_rows.store_rows(extra)
     t_store = time.perf_counter() - t
     print(f"\nindex write path at {n:,} rows: DeadLetter.objects.count() {t_count * 1000:.0f} ms; "
-          f"capture.store_rows(500 rows) {t_store * 1000:.0f} ms (added {added}; it runs count() "
+          f"dl_rows.store_rows(500 rows) {t_store * 1000:.0f} ms (added {added}; it runs count() "
           f"before and after the insert)")
     what_if(results)
     print("SUMMARY " + ", ".join(f"{k}: page {v['page_ms']:.1f} ms / count {v['count_ms']:.1f} ms"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lucent_console.bus import envelope  # noqa: E402
+from lucent_bus import envelope  # noqa: E402
 
 N = 50_000
 

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import _live  # noqa: E402
 from bench.live_latency import nats_baseline  # noqa: E402
-from lucent_console.bus import envelope  # noqa: E402
+from lucent_bus import envelope  # noqa: E402
 
 SAMPLES = 100  # half jobs, half heartbeats
 TIMEOUT = 10.0

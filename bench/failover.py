@@ -25,9 +25,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import _live  # noqa: E402
-from lucent_console.bus import embedded, live  # noqa: E402
-from lucent_console.bus.client import connect  # noqa: E402
-from lucent_console.bus.config import BusConfig  # noqa: E402
+from lucent_bus import embedded, live  # noqa: E402
+from lucent_bus.client import connect  # noqa: E402
+from lucent_bus.config import BusConfig  # noqa: E402
 from tests.support import ROOT, Process, procfile  # noqa: E402
 
 TARGET_S = 10.0

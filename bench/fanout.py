@@ -33,7 +33,7 @@ import websockets
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import _live  # noqa: E402
-from lucent_console.bus import live  # noqa: E402
+from lucent_bus import live  # noqa: E402
 
 CLIENTS = 200
 UPDATES = 30

@@ -31,7 +31,7 @@ import websockets
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import _live  # noqa: E402
-from lucent_console.bus import live  # noqa: E402
+from lucent_bus import live  # noqa: E402
 
 PUBLISHES = 60
 CREATE_EVERY = 5  # a stream-creation sample after every 5th publish sample (12 in all)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from common import bus, fill, header
 
-from lucent_console.bus import embedded
+from lucent_bus import embedded
 from tests.support import PASSWORD, Console  # noqa: E402
 
 N = 25

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from common import ROOT, bus, fill, header, rss_mb
 
-from lucent_console.bus import embedded
+from lucent_bus import embedded
 from streams import snapshot as snap
 
 RUNS = 7

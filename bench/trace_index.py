@@ -43,7 +43,7 @@ from pathlib import Path
 
 from deadletter_common import bus, code_note, header
 
-from lucent_console.bus import embedded
+from lucent_bus import embedded
 
 TARGET_RATE = 10_000
 TARGET_LOOKUP_MS = 100
@@ -115,7 +115,7 @@ def correlation(k: int, prefix: str = "corr") -> str:
 
 
 def envelope_for(i: int) -> tuple[str, dict]:
-    from lucent_console.bus import envelope
+    from lucent_bus import envelope
 
     cid = correlation(i // 4)
     if i % 4 == 0:
@@ -131,8 +131,8 @@ def envelope_for(i: int) -> tuple[str, dict]:
 
 
 async def publish(nc, n: int) -> float:
-    from lucent_console.bus import envelope
-    from lucent_console.bus import jetstream as js
+    from lucent_bus import envelope
+    from lucent_bus import jetstream as js
     from streams import topology
 
     await topology.apply(nc)
@@ -170,7 +170,7 @@ async def baseline(nc, n: int) -> dict:
         if got >= n:
             done.set()
 
-    from lucent_console.bus.client import sibling
+    from lucent_bus.client import sibling
 
     # One connection per consumer, as the indexer does (two catching up on one would
     # exceed nats-server's 64 MiB max pending: bus.client.sibling).
@@ -234,7 +234,7 @@ async def index(nc, n: int, server_pid: int, spawn_at: int | None = 2_000) -> di
 
 def decode_cost(samples: int = 20_000) -> float:
     """µs per message for ``indexer.row_from`` alone (decode and row), same envelopes."""
-    from lucent_console.bus import envelope
+    from lucent_bus import envelope
     from traces import indexer
 
     now = datetime.now(UTC)

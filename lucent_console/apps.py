@@ -1,13 +1,9 @@
 from django.apps import AppConfig
 
 
-class LucentConsoleConfig(AppConfig):
+class ConsoleConfig(AppConfig):
+    """The project shell and the live layer (collector, relay, websocket, /metrics, `up`):
+    an app for its management commands and template tags; it has no models."""
+
     name = "lucent_console"
-    verbose_name = "Lucent Console"
-
-    def ready(self) -> None:
-        from axes.signals import user_locked_out
-
-        from .signals import record_lockout
-
-        user_locked_out.connect(record_lockout, dispatch_uid="lucent-lockout-audit")
+    label = "console"

@@ -1,5 +1,5 @@
 """The collector: the one process (the elected leader) that sweeps the bus for every
-reader, captures and indexes dead letters (``streams.capture``), indexes envelope
+reader, captures and indexes dead letters (``deadletters``), indexes envelope
 metadata for the correlation trace (``traces.indexer``), watches agents and services
 and judges the alert rules (``alerts.engine``).
 
@@ -32,12 +32,12 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from nats.aio.client import Client
 
-from lucent_console.bus import envelope, live, watch
-from lucent_console.bus import jetstream as js
+from kernel.models import Heartbeat, Lease
+from lucent_bus import envelope, live, watch
+from lucent_bus import jetstream as js
 from streams import snapshot as snap
 
 from . import leader
-from .models import Heartbeat, Lease
 
 if TYPE_CHECKING:
     from alerts.engine import Alerting
@@ -173,7 +173,7 @@ class Collector:
         """Agent jobs, acks, failures and outputs (``agents.activity``). The jobs
         need the agent stream: until topology is applied this is retried every sweep."""
         from agents.activity import STREAM
-        from streams.models import DeadLetter
+        from deadletters.models import DeadLetter
 
         if self._watching_agents or not self.nc.is_connected:
             return
@@ -239,13 +239,13 @@ class Collector:
                 sender={"serviceId": "console", "instanceId": "collector"})))
 
     async def run(self, stop: asyncio.Event, heartbeat_every: float = 5.0) -> None:
-        from streams import capture
+        from deadletters import index as dl_index
 
         await live.serve_full(self.nc, lambda: self.snapshot)
         await self.watch_services()
         from traces import indexer as trace_indexer
 
-        capturing = asyncio.create_task(capture.run(self.nc, stop))
+        capturing = asyncio.create_task(dl_index.run(self.nc, stop))
         indexing = asyncio.create_task(trace_indexer.run(self.nc, stop))
         _end_with_term(capturing, indexing)
         pushing = asyncio.create_task(self.push_events(stop))

@@ -49,7 +49,7 @@ class LiveConsumer(AsyncWebsocketConsumer):
     open = 0  # sockets open in this process (/metrics)
 
     async def connect(self):
-        from lucent_console.roles import has_role
+        from kernel.roles import has_role
 
         # Before accept: the handshake is refused (403). A user in no group sees no page,
         # so no live data either.
@@ -89,7 +89,7 @@ class LiveConsumer(AsyncWebsocketConsumer):
                 await self.send(text_data=frame)
 
     def _deadletter_rows(self) -> list[str]:
-        from streams.deadletter_views import listing
+        from deadletters.views import listing
 
         data = listing(self.params)
         return [_fragment("fragments/dl_rows.html", **data), format_html(

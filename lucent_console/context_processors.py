@@ -1,6 +1,6 @@
 from urllib.parse import urlencode
 
-from .roles import role_of
+from kernel.roles import role_of
 
 
 def console(request):

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from django.conf import settings
 from nats.aio.client import Client
 
-from .bus.lease import Lease, LeaseLost
+from lucent_bus.lease import Lease, LeaseLost
 
 log = logging.getLogger("lucent.leader")
 

@@ -148,7 +148,7 @@ def _database() -> list[str]:
     from django.db.models import Count, Sum
 
     from alerts.models import Alert, Notification
-    from streams.models import DeadLetter
+    from deadletters.models import DeadLetter
 
     def read() -> list[str]:
         lines = ["# HELP lucent_alert_firing 1 for each firing alert",
@@ -180,7 +180,7 @@ def _database() -> list[str]:
 def _trace_index(snapshot: dict | None) -> list[str]:
     """How far the trace index is behind each stream it reads with an ordered consumer
     (not cached: a handful of rows)."""
-    from lucent_console.bus import deadletters as dl
+    from lucent_bus import deadletters as dl
     from traces.indexer import STREAMS, base, positions
 
     if not snapshot:
@@ -204,7 +204,7 @@ def _quarantined() -> list[str]:
     the console could not index even with its fields emptied."""
     from django.db.models import Count
 
-    from streams.models import Quarantined
+    from kernel.models import Quarantined
 
     lines = ["# HELP lucent_quarantined_total Messages a pipeline set aside (could not be stored)",
              "# TYPE lucent_quarantined_total gauge"]

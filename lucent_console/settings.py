@@ -80,8 +80,10 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
+    "kernel",
     "lucent_console",
     "streams",
+    "deadletters",
     "agents",
     "traces",
     "alerts",
@@ -90,14 +92,14 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
-    "lucent_console.middleware.ConsoleCSPMiddleware",  # CONTENT_SECURITY_POLICY below
+    "kernel.middleware.ConsoleCSPMiddleware",  # CONTENT_SECURITY_POLICY below
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.auth.middleware.LoginRequiredMiddleware",
-    "lucent_console.middleware.RoleRequiredMiddleware",  # after login: no group, no pages
+    "kernel.middleware.RoleRequiredMiddleware",  # after login: no group, no pages
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
@@ -171,10 +173,10 @@ AXES_FAILURE_LIMIT = 10
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"], "ip_address"]
 AXES_COOLOFF_TIME = timedelta(minutes=LUCENT_LOGIN_LOCKOUT_MINUTES)
 AXES_RESET_ON_SUCCESS = False  # a guesser's own good login must not clear the address's count
-AXES_LOCKOUT_CALLABLE = "lucent_console.auth.lockout_response"
+AXES_LOCKOUT_CALLABLE = "kernel.auth.lockout_response"
 AXES_VERBOSE = False  # not its banner in the output of every process `manage.py up` starts
 
-# Bad API tokens (lucent_console.auth.ThrottledTokenAuthentication): this many from one
+# Bad API tokens (kernel.auth.ThrottledTokenAuthentication): this many from one
 # address within the window and the address gets 429 for the rest of it.
 LUCENT_TOKEN_FAILURES = envint("LUCENT_TOKEN_FAILURES", "20")
 LUCENT_TOKEN_FAILURE_WINDOW_S = envint("LUCENT_TOKEN_FAILURE_WINDOW_S", "60")
@@ -224,7 +226,7 @@ WHITENOISE_USE_FINDERS = DEBUG
 WHITENOISE_AUTOREFRESH = DEBUG
 
 REDIS_URL = os.getenv("REDIS_URL", "")
-# The cache counts bad API tokens per address (lucent_console.auth): with several web
+# The cache counts bad API tokens per address (kernel.auth): with several web
 # processes it must be shared, so Redis when there is one; one process needs no more.
 if REDIS_URL:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache",
@@ -256,38 +258,38 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BEAT_SCHEDULE = {
-    "record-heartbeat": {"task": "lucent_console.tasks.beat_heartbeat", "schedule": 30.0},
+    "record-heartbeat": {"task": "kernel.tasks.beat_heartbeat", "schedule": 30.0},
     "sample-history": {"task": "streams.tasks.sample_history", "schedule": 10.0},
     "rollup-history": {"task": "streams.tasks.rollup_history", "schedule": 60.0},
     "prune-traces": {"task": "traces.tasks.prune_traces", "schedule": 3600.0},
     # Jobs whose runner died (lease run out) or that no worker took are queued again.
-    "resume-jobs": {"task": "streams.tasks.resume_jobs", "schedule": 5.0},
+    "resume-jobs": {"task": "lucent.jobs.resume", "schedule": 5.0},
 }
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "rest_framework.authentication.SessionAuthentication",
-        "lucent_console.auth.ThrottledTokenAuthentication",  # 429 after many bad tokens
+        "kernel.auth.ThrottledTokenAuthentication",  # 429 after many bad tokens
     ],
     # A logged-in user in no group reads nothing; actions check more in the service layer.
-    "DEFAULT_PERMISSION_CLASSES": ["lucent_console.roles.IsViewer"],
+    "DEFAULT_PERMISSION_CLASSES": ["kernel.roles.IsViewer"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     # ActionError from any view (bad input, refused, not found) answers {"error", "fields"?}.
-    "EXCEPTION_HANDLER": "lucent_console.api.exception_handler",
+    "EXCEPTION_HANDLER": "kernel.api.exception_handler",
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Lucent Console API",
     "VERSION": "1",
-    "SERVE_PERMISSIONS": ["lucent_console.roles.IsViewer"],
+    "SERVE_PERMISSIONS": ["kernel.roles.IsViewer"],
     # Schema completeness is not a deployment setting: `manage.py spectacular --validate`
     # reports it; `check --deploy` stays about the deployment.
     "ENABLE_DJANGO_DEPLOY_CHECK": False,
     # Request bodies are their own components (strict: no field beyond those listed).
     "COMPONENT_SPLIT_REQUEST": True,
     # Views owned by modules that do not describe themselves yet (lucent_console/api.py).
-    "PREPROCESSING_HOOKS": ["lucent_console.api.schema_hook"],
+    "PREPROCESSING_HOOKS": ["kernel.api.schema_hook"],
     "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums",
-                             "lucent_console.api.strict_requests_hook"],
+                             "kernel.api.strict_requests_hook"],
 }
 
 LUCENT_METRICS_TOKEN = os.getenv("LUCENT_METRICS_TOKEN", "")

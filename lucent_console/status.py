@@ -8,11 +8,11 @@ import time
 from asgiref.sync import sync_to_async
 from django.db import connection
 
-from .bus import jetstream as js
-from .bus import lease
-from .bus.client import web_client
-from .bus.config import BusConfig
-from .models import Heartbeat
+from kernel.models import Heartbeat
+from lucent_bus import jetstream as js
+from lucent_bus import lease
+from lucent_bus.client import web_client
+from lucent_bus.config import BusConfig
 
 STALE_AFTER_S = 60
 

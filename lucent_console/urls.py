@@ -5,11 +5,11 @@ from drf_spectacular.views import SpectacularAPIView
 
 from agents import views as agent_views
 from alerts import views as alert_views
+from deadletters import api as dl_api
+from kernel import api
 from streams import api as stream_api
-from streams import deadletter_api as dl_api
-from streams import job_api
 
-from . import api, metrics, views
+from . import metrics, views
 
 api_v1 = [
     path("streams/", stream_api.stream_list, name="api-streams"),
@@ -23,8 +23,8 @@ api_v1 = [
     path("deadletters/purge/", dl_api.dl_purge_bulk, name="api-deadletters-purge"),
     path("deadletters/<str:pk>/", dl_api.dl_detail, name="api-deadletter"),
     path("deadletters/<str:pk>/replay/", dl_api.dl_replay, name="api-deadletter-replay"),
-    path("jobs/<str:pk>/", job_api.job_detail, name="api-job"),
-    path("jobs/<str:pk>/cancel/", job_api.job_cancel, name="api-job-cancel"),
+    path("jobs/<str:pk>/", dl_api.job_detail, name="api-job"),
+    path("jobs/<str:pk>/cancel/", dl_api.job_cancel, name="api-job-cancel"),
     path("agents/", agent_views.api_agents, name="api-agents"),
     path("services/", agent_views.api_services, name="api-services"),
     path("probe/", agent_views.api_probe, name="api-probe"),
@@ -42,7 +42,7 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
     path("streams/", include("streams.urls")),
-    path("deadletters/", include("streams.deadletter_urls")),
+    path("deadletters/", include("deadletters.urls")),
     path("audit/", views.audit, name="audit-list"),
     path("alerts/", alert_views.alert_list, name="alerts-list"),
     path("alerts/<str:pk>/<str:action>/", alert_views.alert_action, name="alert-action"),

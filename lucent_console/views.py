@@ -5,9 +5,9 @@ from django.http import JsonResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
+from kernel.models import AuditRecord
 from streams import services as stream_services
 
-from .models import AuditRecord
 from .status import health
 
 

@@ -7,15 +7,15 @@ from rest_framework import status
 from rest_framework.decorators import api_view
 from rest_framework.response import Response
 
-from lucent_console.actions import ActionError
-from lucent_console.api import ERRORS, PAGING, READ_ERRORS, SEQ, Page
-from lucent_console.serializers import EmptySerializer, check_request
+from kernel.actions import ActionError
+from kernel.api import ERRORS, PAGING, READ_ERRORS, SEQ, Page
+from kernel.serializers import EmptySerializer, JobOrDryRun, check_request
 
 from . import services
+from .replay import start_stream_replay
 from .serializers import (
     ConsumerRow,
     DeleteResult,
-    JobOrDryRun,
     PurgeResult,
     PurgeSerializer,
     StreamDetail,
@@ -122,11 +122,10 @@ def delete_message(request, name: str, seq: str):
 def replay(request, name: str):
     """Replay a range of any stream to a subject: {"target", "start_seq"?, "end_seq"?,
     "start_time"?, "subject"? (filter), "rate"?, "dry_run"?} -> {"job", "matched"}."""
-    from . import dlq
 
     data = check_request(request, StreamReplaySerializer, action="stream.replay", target=name,
                          role="operator")
-    return Response(dlq.start_stream_replay(
+    return Response(start_stream_replay(
         request.user, name, data["target"], data.get("start_seq"), data.get("end_seq"),
         data.get("start_time"), data.get("subject"), data.get("rate"),
         bool(data.get("dry_run"))))

@@ -21,8 +21,8 @@ import time
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from lucent_console.bus import live
-from lucent_console.bus.client import web_client
+from lucent_bus import live
+from lucent_bus.client import web_client
 
 from . import snapshot as snap
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from nats.aio.client import Client
 
-from lucent_console.bus import jetstream as js
+from lucent_bus import jetstream as js
 
 RATE_WINDOW_S = 5.0
 STALL_AFTER_S = 30.0

@@ -1,9 +1,9 @@
 from celery import shared_task
 
-from lucent_console.bus import live
-from lucent_console.bus.runner import run_with_bus
+from lucent_bus import live
+from lucent_bus.runner import run_with_bus
 
-from . import history, jobs
+from . import history
 
 
 def fetch_snapshot() -> dict | None:
@@ -21,15 +21,3 @@ def sample_history() -> bool:
 @shared_task(name="streams.tasks.rollup_history")
 def rollup_history() -> bool:
     return history.rollup() | history.prune()
-
-
-@shared_task(name="streams.tasks.run_job")
-def run_job(job_id: int) -> bool:
-    # A failure is recorded on the job by the runner (fenced by its lease) and raised
-    # so that the worker logs it.
-    return jobs.run_job(job_id)
-
-
-@shared_task(name="streams.tasks.resume_jobs")
-def resume_jobs() -> bool:
-    return jobs.resume_stale()

@@ -3,7 +3,10 @@
 The ADR as written has traps (see DEVELOPERS.md and README.md); ``DECLARED``
 is what it means, ``ADR_LITERAL`` what it says. ``apply`` provisions the
 declaration idempotently, ``diff`` shows drift, ``lint`` explains the traps it
-finds on a live bus. All NATS I/O goes through ``lucent_console.bus``.
+finds on a live bus. All NATS I/O goes through ``lucent_bus``.
+
+Long because it is the topology as code: the declared streams and consumers, `apply`,
+`diff` and the `lint` that explains each of the ADR's traps; they read together.
 """
 
 from __future__ import annotations
@@ -13,10 +16,8 @@ from dataclasses import asdict, dataclass, field
 
 from nats.aio.client import Client
 
-from lucent_console.bus import jetstream as js
-from lucent_console.bus import lease
-
-from . import subjects
+from lucent_bus import jetstream as js
+from lucent_bus import lease, subjects
 
 log = logging.getLogger("lucent.topology")
 

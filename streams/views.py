@@ -7,11 +7,13 @@ from django.shortcuts import render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
-from lucent_console.actions import ActionError, Refused
-from lucent_console.roles import has_role
+from kernel.actions import ActionError, Refused
+from kernel.models import Job
+from kernel.roles import has_role
 
-from . import history, services
+from . import browser, history, services
 from .models import Sample
+from .replay import start_stream_replay
 
 
 def _listing_args(params) -> dict:
@@ -56,7 +58,7 @@ def stream_messages(request, name: str):
     ctx: dict = {}
     try:
         stream = services.get_stream(services.current_snapshot(), name)
-        result = services.browse(stream, request.GET.get("seq"), request.GET.get("time"),
+        result = browser.browse(stream, request.GET.get("seq"), request.GET.get("time"),
                                  request.GET.get("subject"), request.GET.get("count", 20))
         ctx.update(result, name=name)
         if result["next_seq"]:
@@ -78,7 +80,7 @@ def stream_message(request, name: str, seq: str):
 
     try:
         stream = services.get_stream(services.current_snapshot(), name)
-        m = services.message(stream, seq)
+        m = browser.message(stream, seq)
     except ActionError as exc:
         if exc.status == 404:
             raise Http404(str(exc)) from None
@@ -93,7 +95,7 @@ def stream_message_raw(request, name: str, seq: str):
     """The stored payload as it is, as a download (never rendered by the browser)."""
     try:
         stream = services.get_stream(services.current_snapshot(), name)
-        msg = services.raw_message(stream, seq)
+        msg = browser.raw_message(stream, seq)
     except ActionError as exc:
         if exc.status == 404:
             raise Http404(str(exc)) from None
@@ -173,18 +175,16 @@ def delete_message(request, name: str):
 @require_POST
 def stream_replay(request, name: str):
     """Dry run first, then the job (operator): replay a range to a subject."""
-    from . import dlq
-    from .models import Job
 
     data = request.POST
     args = (request.user, name, data.get("target"), data.get("start_seq"), data.get("end_seq"),
             data.get("start_time"), data.get("subject"), data.get("rate"))
     try:
         if data.get("confirm") != "1":
-            preview = dlq.start_stream_replay(*args, dry_run=True)
+            preview = start_stream_replay(*args, dry_run=True)
             return render(request, "fragments/stream_replay_confirm.html",
                           {"preview": preview, "post": data.items(), "name": name})
-        started = dlq.start_stream_replay(*args)
+        started = start_stream_replay(*args)
     except ActionError as exc:
         return _error(request, exc)
     return render(request, "fragments/job.html", {"job": Job.objects.get(pk=started["job"])})

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from django.contrib.auth.models import Group, User
 
-from lucent_console.bus import embedded
-from lucent_console.bus.client import connect
-from lucent_console.bus.config import BusConfig
+from lucent_bus import embedded
+from lucent_bus.client import connect
+from lucent_bus.config import BusConfig
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -103,7 +103,7 @@ class CollectorThread:
     async def _run(self):
         import asyncio
 
-        from lucent_console.bus import live
+        from lucent_bus import live
         from lucent_console.collector import Collector
 
         nc = await connect("collector", BusConfig.from_env({"NATS_URL": self.url}),

@@ -17,7 +17,7 @@ import json
 from typing import NamedTuple
 from urllib.parse import urlparse
 
-from lucent_console.bus import deadletters as dl
+from lucent_bus import deadletters as dl
 
 HUGE = "99999999999999999999"  # beyond 64 bits
 DEEP = 1000

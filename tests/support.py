@@ -12,7 +12,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from lucent_console.bus import embedded
+from lucent_bus import embedded
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = os.getenv("LUCENT_CHROMIUM", "/usr/bin/chromium")

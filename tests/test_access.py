@@ -20,9 +20,9 @@ from django.urls import URLResolver, get_resolver
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
-from lucent_console.bus import jetstream as js
-from lucent_console.middleware import OPEN_PREFIXES
-from lucent_console.models import AuditRecord
+from kernel.middleware import OPEN_PREFIXES
+from kernel.models import AuditRecord
+from lucent_bus import jetstream as js
 
 from .conftest import bus, run
 from .support import ROOT, WebsocketClient
@@ -91,7 +91,8 @@ def world(db, collector, users):
     """A stream on a swept bus, a dead letter, a job and an alert: something behind
     every parameter of every URL."""
     from alerts.models import Alert, Rule
-    from streams.models import DeadLetter, Job
+    from deadletters.models import DeadLetter
+    from kernel.models import Job
 
     run(_stream(collector.url))
     collector.wait_for(lambda s: s["streams"].get(STREAM, {}).get("messages") == 1)
@@ -208,7 +209,7 @@ def test_actions_are_refused_below_their_role_and_change_nothing(client, users, 
 
     refused("viewer", operator_actions + admin_actions)
     refused("operator", admin_actions)
-    from streams.models import DeadLetter
+    from deadletters.models import DeadLetter
 
     assert DeadLetter.objects.get(pk=dl).status == "new"
     world_stream = run(_stream_state(world))

@@ -7,8 +7,8 @@ import pytest
 from asgiref.sync import sync_to_async
 
 from agents.activity import AgentActivity, Window
-from lucent_console.bus import envelope, watch
-from lucent_console.bus import jetstream as js
+from lucent_bus import envelope, watch
+from lucent_bus import jetstream as js
 
 from .conftest import bus, run
 from .test_live_ws import _connect, _receive_until, _session_cookie

@@ -9,9 +9,9 @@ import pytest
 from alerts import defaults
 from alerts.models import Alert, Notification, Rule, Silence, Webhook
 from alerts.rules import Evaluator, conditions
-from lucent_console.bus import envelope
-from lucent_console.bus import jetstream as js
-from lucent_console.models import AuditRecord
+from kernel.models import AuditRecord
+from lucent_bus import envelope
+from lucent_bus import jetstream as js
 
 from .conftest import bus
 from .support import WebhookReceiver

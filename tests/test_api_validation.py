@@ -18,10 +18,12 @@ from django.core.management import CommandError, call_command
 
 from alerts import defaults
 from alerts.models import Alert, Rule, Silence
-from lucent_console.actions import ActionError, audited
-from lucent_console.bus import jetstream as js
-from lucent_console.models import AuditRecord
-from streams.models import DeadLetter, Job
+from deadletters import plans, replay
+from deadletters.models import DeadLetter
+from kernel.actions import ActionError, audited
+from kernel.models import AuditRecord, Job
+from lucent_bus import jetstream as js
+from streams import replay as stream_replay
 
 from .conftest import bus, run
 from .test_deadletter_pages import _letters
@@ -225,24 +227,23 @@ def test_the_bus_own_subjects_are_refused_for_probe_and_replays(client, users, w
 def test_the_services_refuse_the_bus_own_subjects_themselves(users, world):
     """Pages, the admin and the CLI call the services with text: the same refusal."""
     from agents.probe import probe
-    from streams import dlq
 
     operator, pk = users["operator"], world["letter"].pk
     for subject in RESERVED:
         with pytest.raises(ActionError, match="own subjects"):
             probe(operator, subject)
         with pytest.raises(ActionError, match="own subjects"):
-            dlq.replay(operator, pk, subject)
+            replay.replay(operator, pk, subject)
         with pytest.raises(ActionError, match="own subjects"):
-            dlq.start_stream_replay(operator, "SECTEST", subject)
+            stream_replay.start_stream_replay(operator, "SECTEST", subject)
         with pytest.raises(ActionError, match="own subjects"):
-            dlq.start_job(operator, "replay", {"stream": "ORDERS"}, subject)
+            plans.start_job(operator, "replay", {"stream": "ORDERS"}, subject)
     with pytest.raises(ActionError, match="dead letters themselves"):
-        dlq.replay(operator, pk, "lucent.deadletter.ORDERS.shipper")
+        replay.replay(operator, pk, "lucent.deadletter.ORDERS.shipper")
     with pytest.raises(ActionError, match="above 0 and finite"):
-        dlq.start_stream_replay(operator, "SECTEST", "proj.x", rate="1e400")
+        stream_replay.start_stream_replay(operator, "SECTEST", "proj.x", rate="1e400")
     with pytest.raises(ActionError, match="above 0 and finite"):
-        dlq.start_job(operator, "replay", {"stream": "ORDERS"}, rate=float("nan"))
+        plans.start_job(operator, "replay", {"stream": "ORDERS"}, rate=float("nan"))
     assert world["watch"].writes() == []
     for record in AuditRecord.objects.all():
         json.dumps(record.parameters, allow_nan=False)

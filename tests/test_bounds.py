@@ -13,8 +13,8 @@ from alerts import defaults
 from alerts.engine import Alerting
 from alerts.models import Alert, Notification, Rule
 from alerts.rules import GROUP_SUBJECT, Evaluator
-from lucent_console.bus import envelope
-from lucent_console.bus import jetstream as js
+from lucent_bus import envelope
+from lucent_bus import jetstream as js
 
 from .conftest import bus, run
 from .support import wait_until

@@ -7,9 +7,9 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 from nats import errors as nats_errors
 
-from lucent_console.bus import embedded
-from lucent_console.bus.client import connect
-from lucent_console.bus.config import BusConfig
+from lucent_bus import embedded
+from lucent_bus.client import connect
+from lucent_bus.config import BusConfig
 from lucent_console.status import bus_status
 
 
@@ -95,6 +95,6 @@ async def test_status_survives_an_outage_and_recovers(tmp_path, monkeypatch):
 def test_our_header_parser_answers_as_nats_py(raw):
     from nats.aio.client import Client
 
-    from lucent_console.bus.client import LucentClient
+    from lucent_bus.client import LucentClient
 
     assert LucentClient._parse_header_lines(raw) == Client._parse_header_lines(raw)

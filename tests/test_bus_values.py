@@ -15,10 +15,11 @@ import math
 import pytest
 
 from agents.registry import MAX_DEPTH, ServiceRegistry, event_from, safe_value
-from lucent_console.bus import deadletters as dl
-from lucent_console.bus import envelope
-from streams import capture, topology
-from streams.models import DeadLetter
+from deadletters import index as dl_index
+from deadletters.models import DeadLetter
+from lucent_bus import deadletters as dl
+from lucent_bus import envelope
+from streams import topology
 
 from .conftest import bus, run
 from .malformed import CASES, VALUES, publish_raw, value_payloads
@@ -108,7 +109,7 @@ def _messages() -> tuple[list[tuple[str, dict, bytes]], int]:
 
 
 async def _publish_everything(url: str) -> int:
-    from lucent_console.bus import jetstream as js
+    from lucent_bus import jetstream as js
 
     nc = await bus(url)
     try:
@@ -127,9 +128,9 @@ async def _publish_everything(url: str) -> int:
         await nc.flush()
         acks = await publish_raw(url, stream)
         assert all(a.get("seq") for a in acks), [a for a in acks if not a.get("seq")][:3]
-        await capture.ensure_consumer(nc, dl.STREAM, capture.INDEX_CONSUMER)
-        sub = await nc.jetstream().pull_subscribe_bind(capture.INDEX_CONSUMER, dl.STREAM)
-        while await capture.index_batch(nc, sub):
+        await dl_index.ensure_consumer(nc, dl.STREAM, dl_index.INDEX_CONSUMER)
+        sub = await nc.jetstream().pull_subscribe_bind(dl_index.INDEX_CONSUMER, dl.STREAM)
+        while await dl_index.index_batch(nc, sub):
             pass
         await sub.unsubscribe()
         return stored

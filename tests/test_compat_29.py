@@ -13,12 +13,14 @@ from pathlib import Path
 import pytest
 from asgiref.sync import sync_to_async
 
-from lucent_console.bus import deadletters as dl
-from lucent_console.bus import embedded
-from lucent_console.bus import jetstream as js
-from lucent_console.bus.lease import Lease
-from streams import capture, topology
-from streams.models import DeadLetter
+from deadletters import capture as dl_capture
+from deadletters import index as dl_index
+from deadletters.models import DeadLetter
+from lucent_bus import deadletters as dl
+from lucent_bus import embedded
+from lucent_bus import jetstream as js
+from lucent_bus.lease import Lease
+from streams import topology
 
 from .conftest import CollectorThread, bus, run
 
@@ -66,11 +68,12 @@ async def _provision_and_fail_one(url: str) -> dict:
             await sub.fetch(1, timeout=1)
         except Exception:
             pass
-        cap = await nc.jetstream().pull_subscribe_bind(capture.CAPTURE_CONSUMER, capture.ADVISORY_STREAM)
-        idx = await nc.jetstream().pull_subscribe_bind(capture.INDEX_CONSUMER, dl.STREAM)
+        cap = await nc.jetstream().pull_subscribe_bind(dl_capture.CAPTURE_CONSUMER,
+                                                       dl_capture.ADVISORY_STREAM)
+        idx = await nc.jetstream().pull_subscribe_bind(dl_index.INDEX_CONSUMER, dl.STREAM)
         for _ in range(20):
-            await capture.capture_batch(nc, cap)
-            await capture.index_batch(nc, idx)
+            await dl_capture.capture_batch(nc, cap)
+            await dl_index.index_batch(nc, idx)
             if await sync_to_async(DeadLetter.objects.exists)():
                 break
             await asyncio.sleep(0.2)

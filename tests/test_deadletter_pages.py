@@ -7,9 +7,9 @@ from io import StringIO
 import pytest
 from django.core.management import call_command
 
-from lucent_console.bus import deadletters as dl
-from lucent_console.models import AuditRecord
-from streams.models import DeadLetter
+from deadletters.models import DeadLetter
+from kernel.models import AuditRecord
+from lucent_bus import deadletters as dl
 
 from .conftest import bus, run
 from .test_deadletters import _drain, _fail, _work_stream
@@ -134,10 +134,10 @@ def test_the_django_admin_lists_and_replays_selected(client, users, letters):
 
     operator.user_permissions.add(Permission.objects.get(codename="view_deadletter"))
     client.force_login(operator)
-    page = client.get("/admin/streams/deadletter/")
+    page = client.get("/admin/deadletters/deadletter/")
     assert page.status_code == 200 and "orders.eu.1" in page.content.decode()
     pk = letters["orders.eu.1"].pk
-    done = client.post("/admin/streams/deadletter/", {"action": "replay_selected",
+    done = client.post("/admin/deadletters/deadletter/", {"action": "replay_selected",
                                                        "_selected_action": [pk]}, follow=True)
     assert "Replayed 1, failed 0 (audited)" in done.content.decode()
     assert DeadLetter.objects.get(pk=pk).status == "replayed"

@@ -5,11 +5,16 @@ import asyncio
 import pytest
 from asgiref.sync import sync_to_async
 
-from lucent_console.bus import deadletters as dl
-from lucent_console.bus import jetstream as js
-from lucent_console.models import AuditRecord
-from streams import capture, dlq, jobs, topology
-from streams.models import DeadLetter, Job
+from deadletters import capture as dl_capture
+from deadletters import index as dl_index
+from deadletters import plans, replay
+from deadletters.models import DeadLetter
+from kernel import jobs as job_runner
+from kernel.actions import ActionError, Refused
+from kernel.models import AuditRecord, Job
+from lucent_bus import deadletters as dl
+from lucent_bus import jetstream as js
+from streams import topology
 
 pytestmark = pytest.mark.django_db(transaction=True)
 SECOND = 10**9
@@ -43,11 +48,11 @@ async def _fail(nc, term_payloads: set[bytes]):
 
 async def _drain(nc):
     """Run the capture and the index until both have nothing left to do."""
-    cap = await nc.jetstream().pull_subscribe_bind(capture.CAPTURE_CONSUMER, capture.ADVISORY_STREAM)
-    idx = await nc.jetstream().pull_subscribe_bind(capture.INDEX_CONSUMER, dl.STREAM)
+    cap = await nc.jetstream().pull_subscribe_bind(dl_capture.CAPTURE_CONSUMER, dl_capture.ADVISORY_STREAM)
+    idx = await nc.jetstream().pull_subscribe_bind(dl_index.INDEX_CONSUMER, dl.STREAM)
     idle = 0
     while idle < 2:
-        n = await capture.capture_batch(nc, cap) + await capture.index_batch(nc, idx)
+        n = await dl_capture.capture_batch(nc, cap) + await dl_index.index_batch(nc, idx)
         idle = idle + 1 if n == 0 else 0
 
 
@@ -88,15 +93,15 @@ async def test_advisories_wait_while_the_capture_is_stopped_and_a_crash_does_not
         await fresh_nc.jetstream().publish(f"orders.{i}", f"job {i}".encode())
     await _fail(fresh_nc, set())  # 30 MAX_DELIVERIES advisories, nobody capturing
     await asyncio.sleep(0.3)
-    info = await js.stream_info(fresh_nc, capture.ADVISORY_STREAM)
+    info = await js.stream_info(fresh_nc, dl_capture.ADVISORY_STREAM)
     assert info["state"]["messages"] == 30
     # A capture that dies after publishing and before acking (the worst moment):
-    cap = await fresh_nc.jetstream().pull_subscribe_bind(capture.CAPTURE_CONSUMER,
-                                                        capture.ADVISORY_STREAM)
+    cap = await fresh_nc.jetstream().pull_subscribe_bind(dl_capture.CAPTURE_CONSUMER,
+                                                        dl_capture.ADVISORY_STREAM)
     first = await cap.fetch(10, timeout=1)
     for m in first:
-        await capture.capture_one(fresh_nc, m.data)  # published, never acked
-    await js.api(fresh_nc, f"CONSUMER.DELETE.{capture.ADVISORY_STREAM}.{capture.CAPTURE_CONSUMER}")
+        await dl_capture.capture_one(fresh_nc, m.data)  # published, never acked
+    await js.api(fresh_nc, f"CONSUMER.DELETE.{dl_capture.ADVISORY_STREAM}.{dl_capture.CAPTURE_CONSUMER}")
     await topology.apply(fresh_nc)  # a new capture consumer: every advisory again
     await _drain(fresh_nc)
     assert (await js.stream_info(fresh_nc, dl.STREAM))["state"]["messages"] == 30
@@ -115,7 +120,7 @@ async def test_the_index_can_be_rebuilt_from_the_stream(fresh_nc):
     await _drain(fresh_nc)
     assert await sync_to_async(DeadLetter.objects.count)() == 2
     await sync_to_async(DeadLetter.objects.all().delete)()
-    assert await capture.reindex(fresh_nc) == 2
+    assert await dl_index.reindex(fresh_nc) == 2
     explicit = await sync_to_async(DeadLetter.objects.get)(consumer="manual")
     assert explicit.reason == "explicit" and explicit.error == "boom" and explicit.stream == "ORDERS"
 
@@ -147,14 +152,14 @@ async def test_replay_is_exactly_once_even_when_asked_twice(fresh_nc, fresh_serv
     await _captured(fresh_nc, 1)
     letter = await sync_to_async(DeadLetter.objects.get)()
     operator = users["operator"]
-    first = await sync_to_async(dlq.replay)(operator, letter.pk)
-    second = await sync_to_async(dlq.replay)(operator, letter.pk)  # double click / 2nd operator
+    first = await sync_to_async(replay.replay)(operator, letter.pk)
+    second = await sync_to_async(replay.replay)(operator, letter.pk)  # double click / 2nd operator
     assert first["status"] == "replayed" and first["subject"] == "orders.eu.0"
     assert first["duplicate"] is False and second["duplicate"] is True
     assert first["seq"] == second["seq"]
     assert await _replayed_messages(fresh_nc) == 1  # the consumer sees it once
     stored = await js.next_message(fresh_nc, "ORDERS", first["seq"])
-    assert stored["headers"]["Nats-Msg-Id"] == dlq.replay_msg_id(letter.dl_seq, "orders.eu.0",
+    assert stored["headers"]["Nats-Msg-Id"] == replay.replay_msg_id(letter.dl_seq, "orders.eu.0",
                                                                  letter.generation)
     assert "Lucent-DL-Reason" not in stored["headers"]
     await sync_to_async(letter.refresh_from_db)()
@@ -168,8 +173,8 @@ async def test_replay_to_a_subject_no_stream_stores_is_refused(fresh_nc, fresh_s
     monkeypatch.setenv("NATS_URL", fresh_server.url)
     await _captured(fresh_nc, 1)
     letter = await sync_to_async(DeadLetter.objects.get)()
-    with pytest.raises(dlq.ActionError, match="no stream stores 'nowhere.at.all'"):
-        await sync_to_async(dlq.replay)(users["operator"], letter.pk, "nowhere.at.all")
+    with pytest.raises(ActionError, match="no stream stores 'nowhere.at.all'"):
+        await sync_to_async(replay.replay)(users["operator"], letter.pk, "nowhere.at.all")
     await sync_to_async(letter.refresh_from_db)()
     assert letter.status == DeadLetter.NEW
     assert await _replayed_messages(fresh_nc) == 0
@@ -183,9 +188,9 @@ async def test_viewers_cannot_replay_or_purge_and_nothing_changes(fresh_nc, fres
     await _captured(fresh_nc, 2)
     letter = await sync_to_async(DeadLetter.objects.first)()
     viewer = users["viewer"]
-    for call in (lambda: dlq.replay(viewer, letter.pk), lambda: dlq.purge_one(viewer, letter.pk),
-                 lambda: dlq.start_job(viewer, "replay", {}), lambda: dlq.start_job(viewer, "purge", {})):
-        with pytest.raises(dlq.Refused):
+    for call in (lambda: replay.replay(viewer, letter.pk), lambda: plans.purge_one(viewer, letter.pk),
+                 lambda: plans.start_job(viewer, "replay", {}), lambda: plans.start_job(viewer, "purge", {})):
+        with pytest.raises(Refused):
             await sync_to_async(call)()
     assert await _replayed_messages(fresh_nc) == 0
     assert (await js.stream_info(fresh_nc, dl.STREAM))["state"]["messages"] == 2
@@ -199,10 +204,10 @@ async def test_bulk_replay_holds_the_rate_and_purge_empties_the_stream(fresh_nc,
     monkeypatch.setenv("NATS_URL", fresh_server.url)
     await _captured(fresh_nc, 30)
     operator = users["operator"]
-    preview = await sync_to_async(dlq.dry_run)({"consumer": "shipper"})
+    preview = await sync_to_async(plans.dry_run)({"consumer": "shipper"})
     assert preview["matched"] == 30 and preview["targets"][0]["n"] == 1
     started = asyncio.get_running_loop().time()
-    result = await sync_to_async(dlq.start_job)(operator, "replay", {"consumer": "shipper"}, None, 20)
+    result = await sync_to_async(plans.start_job)(operator, "replay", {"consumer": "shipper"}, None, 20)
     took = asyncio.get_running_loop().time() - started
     assert result["matched"] == 30
     job = await sync_to_async(Job.objects.get)(pk=result["job"])
@@ -211,7 +216,7 @@ async def test_bulk_replay_holds_the_rate_and_purge_empties_the_stream(fresh_nc,
     assert await _replayed_messages(fresh_nc) == 30
     audit = await sync_to_async(AuditRecord.objects.get)(action="deadletter.replay_bulk")
     assert "30 matched, 30 succeeded, 0 failed" in audit.detail
-    purge = await sync_to_async(dlq.start_job)(operator, "purge", {"stream": "ORDERS"})
+    purge = await sync_to_async(plans.start_job)(operator, "purge", {"stream": "ORDERS"})
     assert purge["matched"] == 30
     assert (await js.stream_info(fresh_nc, dl.STREAM))["state"]["messages"] == 0
     assert await sync_to_async(DeadLetter.objects.filter(status="purged").count)() == 30
@@ -219,7 +224,7 @@ async def test_bulk_replay_holds_the_rate_and_purge_empties_the_stream(fresh_nc,
 
 async def test_an_interrupted_bulk_replay_resumes_without_duplicates_or_losses(tmp_path, users,
                                                                               monkeypatch):
-    from lucent_console.bus import embedded
+    from lucent_bus import embedded
 
     from .conftest import bus
 
@@ -229,10 +234,10 @@ async def test_an_interrupted_bulk_replay_resumes_without_duplicates_or_losses(t
     nc = await bus(server.url)
     await _captured(nc, 40)
     operator = users["operator"]
-    monkeypatch.setattr(dlq, "BATCH", 10)
+    monkeypatch.setattr(replay, "BATCH", 10)
     job_id = (await sync_to_async(Job.objects.create)(
         kind="replay", total=40, params={"filters": {}, "subject": None, "rate": 40})).pk
-    runner = asyncio.ensure_future(sync_to_async(jobs.run_job, thread_sensitive=False)(job_id))
+    runner = asyncio.ensure_future(sync_to_async(job_runner.run_job, thread_sensitive=False)(job_id))
     await asyncio.sleep(0.5)
     server.stop()  # the bus goes away mid-job
     await asyncio.sleep(1.5)
@@ -272,14 +277,14 @@ async def _bulk_replay_twice(nc, users, n: int) -> None:
     """A bulk replay of every letter, then the same again: each reaches ORDERS once."""
     operator = users["operator"]
     for attempt in range(2):
-        result = await sync_to_async(dlq.start_job)(operator, "replay", {"consumer": "shipper"})
+        result = await sync_to_async(plans.start_job)(operator, "replay", {"consumer": "shipper"})
         job = await sync_to_async(Job.objects.get)(pk=result["job"])
         assert (job.state, job.done, job.failed) == ("done", n, 0), attempt
         assert await _replayed_messages(nc) == n
     stored = await js.next_message(nc, "ORDERS", 1, "orders.eu.0")  # shards publish in any order
     letter = await sync_to_async(DeadLetter.objects.get)(stream_seq=1)
     assert stored["data"] == b"order 0" and stored["headers"]["X-I"] == "0"
-    assert stored["headers"]["Nats-Msg-Id"] == dlq.replay_msg_id(letter.dl_seq, "orders.eu.0",
+    assert stored["headers"]["Nats-Msg-Id"] == replay.replay_msg_id(letter.dl_seq, "orders.eu.0",
                                                                  letter.generation)
     assert not any(k.startswith("Lucent-DL-") for k in stored["headers"])
     assert await sync_to_async(DeadLetter.objects.filter(status="replayed").count)() == n
@@ -292,8 +297,8 @@ async def test_batched_reads_return_what_one_by_one_reads_do(fresh_nc):
     assert info["config"]["allow_direct"] is True  # declared: topology apply set it
     await js.delete_message(fresh_nc, dl.STREAM, 150)  # purged meanwhile
     seqs = [s for s in range(1, 301) if s % 3] + [299, 600]  # gaps, a repeat, one never stored
-    batched = await dlq.read_letters(fresh_nc, seqs, batched=True)
-    single = await dlq.read_letters(fresh_nc, seqs, batched=False)
+    batched = await replay.read_letters(fresh_nc, seqs, batched=True)
+    single = await replay.read_letters(fresh_nc, seqs, batched=False)
     assert set(batched) == set(single) == {s for s in seqs if s not in (150, 600)}
     for seq, msg in single.items():
         assert batched[seq]["data"] == msg["data"] and batched[seq]["seq"] == seq
@@ -304,7 +309,7 @@ async def test_batched_reads_return_what_one_by_one_reads_do(fresh_nc):
 async def test_a_bulk_replay_with_batched_reads_is_exactly_once(fresh_nc, fresh_server, users,
                                                                 monkeypatch):
     monkeypatch.setenv("NATS_URL", fresh_server.url)
-    monkeypatch.setattr(dlq, "BATCH", 40)  # several batches, overlapping their DB work
+    monkeypatch.setattr(replay, "BATCH", 40)  # several batches, overlapping their DB work
     await _explicit_letters(fresh_nc, 130)
     reads = []
     original = js.direct_get_batch
@@ -322,7 +327,7 @@ async def test_a_bulk_replay_fails_letters_no_stream_stores_and_replays_the_rest
         fresh_nc, fresh_server, users, monkeypatch):
     monkeypatch.setenv("NATS_URL", fresh_server.url)
     await _explicit_letters(fresh_nc, 10, lambda i: f"orders.eu.{i}" if i % 2 else f"gone.{i}")
-    result = await sync_to_async(dlq.start_job)(users["operator"], "replay", {"consumer": "shipper"})
+    result = await sync_to_async(plans.start_job)(users["operator"], "replay", {"consumer": "shipper"})
     job = await sync_to_async(Job.objects.get)(pk=result["job"])
     assert (job.state, job.done, job.failed) == ("done", 5, 5)
     assert await _replayed_messages(fresh_nc) == 5
@@ -334,11 +339,11 @@ async def test_a_bulk_replay_fails_letters_no_stream_stores_and_replays_the_rest
 async def test_a_cancelled_bulk_replay_stops_at_a_batch_and_resumes_from_its_checkpoint(
         fresh_nc, fresh_server, users, monkeypatch):
     monkeypatch.setenv("NATS_URL", fresh_server.url)
-    monkeypatch.setattr(dlq, "BATCH", 10)
+    monkeypatch.setattr(replay, "BATCH", 10)
     await _explicit_letters(fresh_nc, 50)
     job = await sync_to_async(Job.objects.create)(kind="replay", total=50,
                                                   params={"filters": {}, "subject": None, "rate": 50})
-    runner = asyncio.ensure_future(sync_to_async(jobs.run_job, thread_sensitive=False)(job.pk))
+    runner = asyncio.ensure_future(sync_to_async(job_runner.run_job, thread_sensitive=False)(job.pk))
     await asyncio.sleep(0.5)
     await sync_to_async(Job.objects.filter(pk=job.pk).update)(cancel_requested=True)
     await asyncio.wait_for(runner, 30)
@@ -349,7 +354,7 @@ async def test_a_cancelled_bulk_replay_stops_at_a_batch_and_resumes_from_its_che
     assert await _replayed_messages(fresh_nc) == job.done  # every publish recorded
     await sync_to_async(Job.objects.filter(pk=job.pk).update)(state=Job.RUNNING,
                                                              cancel_requested=False)
-    await sync_to_async(jobs.run_job)(job.pk)
+    await sync_to_async(job_runner.run_job)(job.pk)
     await sync_to_async(job.refresh_from_db)()
     assert (job.state, job.done, job.failed) == ("done", 50, 0)
     assert await _replayed_messages(fresh_nc) == 50
@@ -370,7 +375,7 @@ async def test_a_bulk_replay_on_nats_server_2_9_reads_one_by_one_exactly_once(tm
     import os
     from pathlib import Path
 
-    from lucent_console.bus import embedded
+    from lucent_bus import embedded
 
     from .conftest import bus
 
@@ -384,7 +389,7 @@ async def test_a_bulk_replay_on_nats_server_2_9_reads_one_by_one_exactly_once(tm
     nc = await bus(server.url)
     try:
         assert js.server_version(nc) < (2, 11, 0) and not js.supports_batch_get(nc)
-        monkeypatch.setattr(dlq, "BATCH", 25)
+        monkeypatch.setattr(replay, "BATCH", 25)
         await _explicit_letters(nc, 60)
 
         async def refuse(*a, **kw):
@@ -400,17 +405,17 @@ async def test_a_bulk_replay_on_nats_server_2_9_reads_one_by_one_exactly_once(tm
 async def test_a_large_bulk_replay_shares_each_batch_with_a_helper_process_exactly_once(
         fresh_nc, fresh_server, users, monkeypatch):
     monkeypatch.setenv("NATS_URL", fresh_server.url)
-    monkeypatch.setattr(dlq, "BATCH", 40)
-    monkeypatch.setattr(dlq, "SHARD_MIN", 100)
+    monkeypatch.setattr(replay, "BATCH", 40)
+    monkeypatch.setattr(replay, "SHARD_MIN", 100)
     await _explicit_letters(fresh_nc, 130)
     sent = []
-    original = dlq.Shard.replay
+    original = replay.Shard.replay
 
     def counted(self, rows, *a):
         sent.append(len(rows))
         return original(self, rows, *a)
 
-    monkeypatch.setattr(dlq.Shard, "replay", counted)
+    monkeypatch.setattr(replay.Shard, "replay", counted)
     await _bulk_replay_twice(fresh_nc, users, 130)
     assert sent == [27, 27, 27, 7] * 2  # two thirds of every batch: the helper process
 
@@ -418,8 +423,8 @@ async def test_a_large_bulk_replay_shares_each_batch_with_a_helper_process_exact
 async def test_a_bulk_replay_does_the_rows_of_a_dead_helper_process_itself(
         fresh_nc, fresh_server, users, monkeypatch):
     monkeypatch.setenv("NATS_URL", fresh_server.url)
-    monkeypatch.setattr(dlq, "BATCH", 40)
-    monkeypatch.setattr(dlq, "SHARD_MIN", 100)
-    monkeypatch.setattr(dlq.Shard, "CODE", "pass")  # a helper that exits at once
+    monkeypatch.setattr(replay, "BATCH", 40)
+    monkeypatch.setattr(replay, "SHARD_MIN", 100)
+    monkeypatch.setattr(replay.Shard, "CODE", "pass")  # a helper that exits at once
     await _explicit_letters(fresh_nc, 130)
     await _bulk_replay_twice(fresh_nc, users, 130)

@@ -4,8 +4,8 @@ import asyncio
 import json
 
 from agents import demo
-from lucent_console.bus import deadletters, envelope
-from lucent_console.bus import jetstream as js
+from lucent_bus import deadletters, envelope
+from lucent_bus import jetstream as js
 from streams import topology
 
 

@@ -1,6 +1,6 @@
 import json
 
-from lucent_console.bus import envelope
+from lucent_bus import envelope
 
 
 def test_it_decodes_a_valid_envelope():

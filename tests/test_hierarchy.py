@@ -3,7 +3,7 @@
 import pytest
 
 from agents.hierarchy import Hierarchy
-from lucent_console.bus import envelope
+from lucent_bus import envelope
 
 from .conftest import bus, run
 

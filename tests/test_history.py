@@ -4,7 +4,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from lucent_console.bus import jetstream as js
+from lucent_bus import jetstream as js
 from streams import history, tasks
 from streams.models import Sample
 

@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from lucent_console.bus import lease as kv
-from lucent_console.bus.lease import Lease, LeaseLost
+from lucent_bus import lease as kv
+from lucent_bus.lease import Lease, LeaseLost
 from lucent_console.leader import run_while_leader
 
 from .conftest import bus

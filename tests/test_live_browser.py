@@ -7,10 +7,10 @@ import time
 
 import pytest
 
-from lucent_console.bus import embedded
-from lucent_console.bus import jetstream as js
-from lucent_console.bus.client import connect
-from lucent_console.bus.config import BusConfig
+from lucent_bus import embedded
+from lucent_bus import jetstream as js
+from lucent_bus.client import connect
+from lucent_bus.config import BusConfig
 
 from .support import CHROMIUM, CHROMIUM_ARGS, Console, chromium_or_skip, login
 
@@ -149,7 +149,7 @@ def test_a_dead_letter_appears_live_renders_as_text_and_replays(page, console, b
 
 
 def test_a_silent_service_turns_stale_then_down_live(page, console, bus_server):
-    from lucent_console.bus import envelope
+    from lucent_bus import envelope
 
     async def beats(n: int):
         nc = await connect("t", BusConfig.from_env({"NATS_URL": bus_server.url}), retry_initial=False)
@@ -174,7 +174,7 @@ def test_a_silent_service_turns_stale_then_down_live(page, console, bus_server):
 
 
 def test_agent_jobs_appear_live_and_the_agent_page_draws_its_charts(page, console, bus_server):
-    from lucent_console.bus import envelope
+    from lucent_bus import envelope
 
     async def work():
         nc = await connect("t", BusConfig.from_env({"NATS_URL": bus_server.url}), retry_initial=False)

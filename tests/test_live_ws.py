@@ -7,8 +7,8 @@ from asgiref.sync import sync_to_async
 from django.contrib.auth.models import Group, User
 from django.test import Client
 
+from lucent_bus import jetstream as js
 from lucent_console.asgi import application
-from lucent_console.bus import jetstream as js
 
 from .conftest import bus
 from .support import WebsocketClient

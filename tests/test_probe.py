@@ -6,7 +6,7 @@ import threading
 import pytest
 
 from agents import demo
-from lucent_console.models import AuditRecord
+from kernel.models import AuditRecord
 from streams import topology
 
 from .conftest import bus

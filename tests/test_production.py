@@ -23,9 +23,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from lucent_console.bus import embedded, live
-from lucent_console.bus import jetstream as js
-from lucent_console.bus.lease import read as read_lease
+from lucent_bus import embedded, live
+from lucent_bus import jetstream as js
+from lucent_bus.lease import read as read_lease
 from streams import snapshot as snap
 from streams import topology
 

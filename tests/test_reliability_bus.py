@@ -10,14 +10,14 @@ import pytest
 
 from alerts import defaults
 from alerts.models import Alert, Notification, Rule, Webhook
+from kernel.models import Lease as DbLease
+from lucent_bus import envelope, sync
+from lucent_bus import jetstream as js
+from lucent_bus.client import connect, web_client
+from lucent_bus.config import BusConfig
 from lucent_console import status
-from lucent_console.bus import envelope, sync
-from lucent_console.bus import jetstream as js
-from lucent_console.bus.client import connect, web_client
-from lucent_console.bus.config import BusConfig
 from lucent_console.collector import BUS_JUDGE, Collector
 from lucent_console.leader import Standing, run_while_leader
-from lucent_console.models import Lease as DbLease
 from streams.live import relay
 
 from .conftest import bus, run

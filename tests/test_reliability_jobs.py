@@ -19,10 +19,14 @@ from asgiref.sync import sync_to_async
 from django.core.management import call_command
 from django.db import connection
 
-from lucent_console.bus import deadletters as dl
-from lucent_console.bus import jetstream as js
-from streams import dlq, jobs
-from streams.models import DeadLetter, Job, Replay
+from deadletters import jobs as dl_jobs
+from deadletters import plans, replay
+from deadletters.models import DeadLetter, Replay
+from kernel import jobs as job_runner
+from kernel.actions import ActionError
+from kernel.models import Job
+from lucent_bus import deadletters as dl
+from lucent_bus import jetstream as js
 
 from .support import ROOT
 from .test_deadletters import _explicit_letters
@@ -77,7 +81,7 @@ async def test_two_runners_of_one_job_publish_each_letter_once(fresh_nc, fresh_s
     results = []
 
     def runner():
-        results.append(jobs.run_job(job.pk))
+        results.append(job_runner.run_job(job.pk))
         connection.close()
 
     def race():
@@ -111,7 +115,7 @@ async def test_a_killed_worker_is_resumed_and_each_letter_arrives_once_past_the_
     env = {**os.environ, "DATABASE_URL": f"sqlite:///{db}", "LUCENT_JOB_LEASE_S": "2",
            "DJANGO_SETTINGS_MODULE": "lucent_console.settings"}
     worker = subprocess.Popen(
-        [sys.executable, "-c", "import django; django.setup(); from streams import jobs; "
+        [sys.executable, "-c", "import django; django.setup(); from lucent_console import jobs; "
          f"jobs.run_job({job.pk})"], cwd=ROOT, env=env,
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
@@ -129,7 +133,7 @@ async def test_a_killed_worker_is_resumed_and_each_letter_arrives_once_past_the_
     assert job.state == Job.RUNNING and job.params["publishing"]  # died holding a slice
     time.sleep(1.2)  # past the target's duplicate window
     await sync_to_async(_wait, thread_sensitive=False)(
-        lambda: jobs.resume_stale(), 10, "the dead runner's lease to run out")
+        lambda: job_runner.resume_stale(), 10, "the dead runner's lease to run out")
     recovered = time.monotonic() - killed_at
     await sync_to_async(job.refresh_from_db)()
     arrived = await _letters_in_target(fresh_nc)
@@ -156,13 +160,13 @@ async def test_a_runner_that_died_after_publishing_is_not_repeated_past_the_wind
 
     def die_after_publishing():
         job.claim("dead-runner")
-        jobs._mark_publishing(job, "dead-runner", jobs.Targets(), rows[:4])
-        dlq.replay_batch(rows[:4], job.params, dlq.RateLimit(None))
+        dl_jobs._mark_publishing(job, "dead-runner", dl_jobs.Targets(), rows[:4])
+        replay.replay_batch(rows[:4], job.params, job_runner.RateLimit(None))
         Job.objects.filter(pk=job.pk).update(lease_until=None)  # its lease ran out
 
     await sync_to_async(die_after_publishing)()
     time.sleep(1.2)  # past the duplicate window: a republish would be stored again
-    assert await sync_to_async(jobs.run_job)(job.pk)
+    assert await sync_to_async(job_runner.run_job)(job.pk)
     await sync_to_async(job.refresh_from_db)()
     assert (job.state, job.done, job.failed, job.unknown) == ("done", 6, 0, 0)
     arrived = await _letters_in_target(fresh_nc)
@@ -184,12 +188,12 @@ async def test_a_killed_worker_leaves_letters_of_an_uncheckable_target_to_an_ope
 
     def die_mid_batch():  # what a runner killed right after the publish leaves behind
         job.claim(owner)
-        jobs._mark_publishing(job, owner, jobs.Targets(), rows[:3])
-        dlq.replay_batch(rows[:3], job.params, dlq.RateLimit(None))
+        dl_jobs._mark_publishing(job, owner, dl_jobs.Targets(), rows[:3])
+        replay.replay_batch(rows[:3], job.params, job_runner.RateLimit(None))
         Job.objects.filter(pk=job.pk).update(lease_until=None)  # its lease ran out
 
     await sync_to_async(die_mid_batch)()
-    assert await sync_to_async(jobs.run_job)(job.pk)
+    assert await sync_to_async(job_runner.run_job)(job.pk)
     await sync_to_async(job.refresh_from_db)()
     assert (job.state, job.done, job.unknown) == ("done", 3, 3)
     statuses = await sync_to_async(lambda: [x.status for x in DeadLetter.objects.order_by("pk")])()
@@ -203,13 +207,13 @@ async def test_cancel_takes_effect_within_a_second_at_a_low_rate(fresh_nc, fresh
     await _explicit_letters(fresh_nc, 7)
     await _target(fresh_nc)
     job = await sync_to_async(_job)(7, 0.2)
-    runner = threading.Thread(target=lambda: (jobs.run_job(job.pk), connection.close()))
+    runner = threading.Thread(target=lambda: (job_runner.run_job(job.pk), connection.close()))
     runner.start()
     await sync_to_async(_wait, thread_sensitive=False)(
         lambda: Job.objects.filter(pk=job.pk, done=1).exists(), 10, "the first letter")
     time.sleep(1.5)  # waiting for the next slot, 5 s apart
     asked = time.monotonic()
-    await sync_to_async(dlq.cancel_job)(users["operator"], job.pk)
+    await sync_to_async(plans.cancel_job)(users["operator"], job.pk)
     assert (await sync_to_async(Job.objects.get)(pk=job.pk)).state in ("cancelling", "cancelled")
     await sync_to_async(_wait, thread_sensitive=False)(
         lambda: Job.objects.filter(pk=job.pk, state="cancelled").exists(), 5, "cancelled")
@@ -228,7 +232,7 @@ async def test_a_rate_limited_job_shows_progress_per_letter(fresh_nc, fresh_serv
     await _target(fresh_nc)
     job = await sync_to_async(_job)(4, 2)
     seen = set()
-    runner = threading.Thread(target=lambda: (jobs.run_job(job.pk), connection.close()))
+    runner = threading.Thread(target=lambda: (job_runner.run_job(job.pk), connection.close()))
     runner.start()
 
     def watch():
@@ -245,7 +249,7 @@ async def test_a_job_started_from_a_dry_run_replays_exactly_what_it_counted(
     monkeypatch.setenv("NATS_URL", fresh_server.url)
     await _explicit_letters(fresh_nc, 5)
     await _target(fresh_nc, duplicate_window_s=60)
-    preview = await sync_to_async(dlq.dry_run)({"consumer": "shipper"}, TARGET)
+    preview = await sync_to_async(plans.dry_run)({"consumer": "shipper"}, TARGET)
     assert preview["matched"] == 5
     for i in range(2):  # failures indexed after the dry run
         await fresh_nc.jetstream().publish(
@@ -256,13 +260,13 @@ async def test_a_job_started_from_a_dry_run_replays_exactly_what_it_counted(
 
     await _drain(fresh_nc)
     assert await sync_to_async(DeadLetter.objects.count)() == 7
-    started = await sync_to_async(dlq.start_job)(users["operator"], "replay", {"consumer": "shipper"},
+    started = await sync_to_async(plans.start_job)(users["operator"], "replay", {"consumer": "shipper"},
                                                  TARGET, None, False, preview["plan"])
     job = await sync_to_async(Job.objects.get)(pk=started["job"])
     assert started["matched"] == 5 and (job.state, job.done) == ("done", 5)
     assert len(await _letters_in_target(fresh_nc)) == 5
-    with pytest.raises(dlq.ActionError, match="differ"):  # a plan is for its own filters
-        await sync_to_async(dlq.start_job)(users["operator"], "replay", {"consumer": "other"},
+    with pytest.raises(ActionError, match="differ"):  # a plan is for its own filters
+        await sync_to_async(plans.start_job)(users["operator"], "replay", {"consumer": "other"},
                                            TARGET, None, False, preview["plan"])
 
 
@@ -285,8 +289,8 @@ def test_the_api_cancels_a_job_and_refuses_viewers(client, users):
 def test_the_cli_waits_for_a_worker_and_says_when_none_takes_the_job(users, settings,
                                                                      monkeypatch, capsys):
     """The CLI queues the job and follows it; it never runs it itself as well."""
-    from streams import tasks
-    from streams.management.commands import deadletters as command
+    from deadletters.management.commands import deadletters as command
+    from kernel import tasks
 
     settings.LUCENT_JOBS_INLINE = False
     queued = []
@@ -299,7 +303,7 @@ def test_the_cli_waits_for_a_worker_and_says_when_none_takes_the_job(users, sett
     def cancel_soon():
         _wait(lambda: queued, 5, "the job to be queued")
         time.sleep(0.6)
-        dlq.cancel_job(users["operator"], queued[0])
+        plans.cancel_job(users["operator"], queued[0])
         connection.close()
 
     threading.Thread(target=cancel_soon).start()
@@ -319,7 +323,7 @@ async def test_a_bulk_replay_to_original_subjects_refuses_the_bus_own_ones(
                             else f"orders.eu.{i}")
     await js.add_stream(fresh_nc, {"name": "KV_LUCENT_LEADER", "subjects": ["$KV.LUCENT_LEADER.>"],
                                    "storage": "memory"})  # a stream that would store it
-    result = await sync_to_async(dlq.start_job)(users["operator"], "replay", {"consumer": "shipper"})
+    result = await sync_to_async(plans.start_job)(users["operator"], "replay", {"consumer": "shipper"})
     job = await sync_to_async(Job.objects.get)(pk=result["job"])
     assert (job.state, job.done, job.failed) == ("done", 2, 1)
     leader = await js.stream_info(fresh_nc, "KV_LUCENT_LEADER")

@@ -7,7 +7,7 @@ import pytest
 
 from agents.models import ServiceEvent
 from agents.registry import ServiceRegistry
-from lucent_console.bus import envelope
+from lucent_bus import envelope
 
 from .conftest import bus, run
 

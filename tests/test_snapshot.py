@@ -5,10 +5,10 @@ import json
 import time
 import urllib.request
 
-from lucent_console.bus import embedded, live
-from lucent_console.bus import jetstream as js
-from lucent_console.bus.client import connect
-from lucent_console.bus.config import BusConfig
+from lucent_bus import embedded, live
+from lucent_bus import jetstream as js
+from lucent_bus.client import connect
+from lucent_bus.config import BusConfig
 from lucent_console.collector import Collector
 from streams import snapshot as snap
 

@@ -2,8 +2,8 @@
 
 import pytest
 
-from lucent_console.bus import jetstream as js
-from lucent_console.models import AuditRecord
+from kernel.models import AuditRecord
+from lucent_bus import jetstream as js
 
 from .conftest import bus, run
 

@@ -3,7 +3,7 @@
 import pytest
 from rest_framework.authtoken.models import Token
 
-from lucent_console.bus import jetstream as js
+from lucent_bus import jetstream as js
 
 from .conftest import bus, run
 
@@ -116,7 +116,7 @@ def test_metrics_come_from_the_snapshot(client, orders, settings):
 
 
 def test_pages_say_when_no_data_can_be_had(viewer_client, monkeypatch):
-    from lucent_console.bus import embedded
+    from lucent_bus import embedded
 
     monkeypatch.setenv("NATS_URL", f"nats://127.0.0.1:{embedded.free_port()}")
     page = viewer_client.get("/streams/")

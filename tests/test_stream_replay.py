@@ -2,9 +2,8 @@
 
 import pytest
 
-from lucent_console.bus import jetstream as js
-from lucent_console.models import AuditRecord
-from streams.models import Job
+from kernel.models import AuditRecord, Job
+from lucent_bus import jetstream as js
 
 from .conftest import bus, run
 

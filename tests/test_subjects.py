@@ -1,6 +1,6 @@
 import pytest
 
-from streams import subjects
+from lucent_bus import subjects
 
 
 @pytest.mark.parametrize("pattern,subject,expected", [

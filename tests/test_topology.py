@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from lucent_console.bus import embedded
-from lucent_console.bus import jetstream as js
-from lucent_console.bus.client import connect
-from lucent_console.bus.config import BusConfig
+from lucent_bus import embedded
+from lucent_bus import jetstream as js
+from lucent_bus.client import connect
+from lucent_bus.config import BusConfig
 from streams import topology
 
 
@@ -29,7 +29,7 @@ async def test_it_applies_idempotently(fresh_nc):
 
 
 async def test_the_consoles_own_lease_bucket_is_named_as_such_not_undeclared(fresh_nc):
-    from lucent_console.bus import lease
+    from lucent_bus import lease
 
     await topology.apply(fresh_nc)
     await lease.ensure_bucket(fresh_nc, 5.0)

@@ -13,11 +13,12 @@ from asgiref.sync import sync_to_async
 from django.db import OperationalError
 from django.urls import reverse
 
-from lucent_console.actions import ActionError
-from lucent_console.bus import deadletters as dl
-from lucent_console.bus import envelope
-from streams import capture, topology
-from streams.models import DeadLetter
+from deadletters import index as dl_index
+from deadletters.models import DeadLetter
+from kernel.actions import ActionError
+from lucent_bus import deadletters as dl
+from lucent_bus import envelope
+from streams import topology
 from traces import indexer, tasks
 from traces.models import Cursor, EnvelopeRecord
 from traces.trace import trace
@@ -99,7 +100,7 @@ async def test_a_correlation_is_followed_from_command_to_dead_letter(fresh_nc):
         await fresh_nc.jetstream().publish("lucent.agents.legacy.ping", b"ping", headers={
             "X-Correlation-ID": "corr-flow-1", "Nats-Msg-Id": "legacy-1", "X-Event-Type": "Ping"})
         await _until(lambda: _count(correlation_id="corr-flow-1") == 6)
-    await capture.reindex(fresh_nc)  # the dead-letter index, for the link to its page
+    await dl_index.reindex(fresh_nc)  # the dead-letter index, for the link to its page
 
     t = await sync_to_async(trace)("corr-flow-1")
     steps = t["steps"]
@@ -285,8 +286,8 @@ async def test_an_indexer_cancelled_with_batches_in_flight_stops_and_loses_nothi
 
 
 async def test_an_ordered_consumer_recreated_before_its_first_message_does_not_read_again(fresh_nc):
-    from lucent_console.bus import jetstream as js
-    from lucent_console.bus import tail
+    from lucent_bus import jetstream as js
+    from lucent_bus import tail
 
     await topology.apply(fresh_nc)
     for i in range(10):
@@ -374,7 +375,7 @@ def test_the_page_escapes_names_from_subjects_and_payloads(viewer_client, fresh_
         async with indexing(nc):
             await _flow(nc, cid, job_type=XSS, job_subject="lucent.agents.<script>.x")
             await _until(lambda: _count(correlation_id=cid) == 4)
-        await capture.reindex(nc)
+        await dl_index.reindex(nc)
         await nc.close()
 
     run(setup())

@@ -5,10 +5,10 @@ import asyncio
 import pytest
 from django.urls import URLPattern, URLResolver, get_resolver
 
-from lucent_console.bus import embedded
-from lucent_console.bus import jetstream as js
-from lucent_console.bus.client import connect
-from lucent_console.bus.config import BusConfig
+from lucent_bus import embedded
+from lucent_bus import jetstream as js
+from lucent_bus.client import connect
+from lucent_bus.config import BusConfig
 from streams import topology
 
 pytestmark = pytest.mark.django_db

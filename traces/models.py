@@ -6,7 +6,7 @@ class EnvelopeRecord(models.Model):
 
     Filled by ``traces.indexer`` from the Lucent streams; the message itself stays
     in its stream. ``seq`` is empty for streams read live (HIERARCHY, DOMAIN_EVENTS:
-    see ``lucent_console.bus.tail``); for a dead letter ``stream`` is DEAD_LETTERS,
+    see ``lucent_bus.tail``); for a dead letter ``stream`` is DEAD_LETTERS,
     ``seq`` its DEAD_LETTERS sequence and ``origin_*`` where the original was.
     Rows older than ``LUCENT_TRACE_DAYS`` (by ``indexed_at``) are pruned.
     """

@@ -16,9 +16,9 @@ from urllib.parse import urlencode
 
 from django.urls import reverse
 
-from lucent_console.actions import ActionError
-from lucent_console.bus import deadletters as dl
-from streams.models import DeadLetter
+from deadletters.models import DeadLetter
+from kernel.actions import ActionError
+from lucent_bus import deadletters as dl
 
 from .models import EnvelopeRecord
 

@@ -8,7 +8,7 @@ from django.views.decorators.http import require_GET
 from rest_framework.decorators import api_view
 from rest_framework.response import Response
 
-from lucent_console.actions import ActionError
+from kernel.actions import ActionError
 
 from . import trace as traces
 from .models import EnvelopeRecord

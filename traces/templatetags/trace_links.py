@@ -4,7 +4,7 @@ can show it (bus data: an id too long or with a line break gets no link, not an 
 from django import template
 from django.urls import NoReverseMatch, reverse
 
-from lucent_console.actions import ActionError
+from kernel.actions import ActionError
 
 from ..trace import clean_id
 

@@ -3,7 +3,7 @@ import asyncio
 from django.core.management.base import BaseCommand
 
 from agents import demo
-from lucent_console.bus.runner import run_until_signalled
+from lucent_bus.runner import run_until_signalled
 
 
 class Command(BaseCommand):

@@ -4,8 +4,8 @@ import sys
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
+from lucent_bus.runner import run_until_signalled
 from lucent_console import leader
-from lucent_console.bus.runner import run_until_signalled
 from lucent_console.supervisor import die_with_parent
 
 

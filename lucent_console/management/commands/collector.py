@@ -1,8 +1,8 @@
 from django.core.management.base import BaseCommand
 
+from lucent_bus.client import connect
+from lucent_bus.runner import run_until_signalled
 from lucent_console import collector, leader
-from lucent_console.bus.client import connect
-from lucent_console.bus.runner import run_until_signalled
 
 
 class Command(BaseCommand):

@@ -13,9 +13,9 @@ from django.contrib.auth.models import Group
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
-from lucent_console.bus import embedded, lease
-from lucent_console.bus.config import BusConfig
-from lucent_console.bus.runner import run_with_bus
+from lucent_bus import embedded, lease
+from lucent_bus.config import BusConfig
+from lucent_bus.runner import run_with_bus
 from lucent_console.supervisor import Child, Supervisor
 from streams import topology
 

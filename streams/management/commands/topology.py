@@ -2,7 +2,7 @@ import json
 
 from django.core.management.base import BaseCommand, CommandError
 
-from lucent_console.bus.runner import run_with_bus
+from lucent_bus.runner import run_with_bus
 from streams import topology
 
 

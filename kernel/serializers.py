@@ -18,7 +18,7 @@ from rest_framework import serializers
 from rest_framework.exceptions import ErrorDetail
 from rest_framework.settings import api_settings
 
-from streams import subjects
+from lucent_bus import subjects
 
 from .actions import ActionError, audited
 
@@ -267,3 +267,43 @@ def check_request(request, serializer_class: type[serializers.Serializer], *, ac
     data, parse_error, raw = request_data(request)
     return check(serializer_class, data, user=request.user, action=action, target=target,
                  role=role, parse_error=parse_error, raw=raw, context=context)
+
+
+def optional(field: type[serializers.Field], **kwargs: Any) -> serializers.Field:
+    """An optional field that also takes null ("not given")."""
+    return field(required=False, allow_null=True, **kwargs)
+
+
+def optional_text(max_length: int = 512, **kwargs: Any) -> serializers.Field:
+    return optional(TextField, allow_blank=True, max_length=max_length, **kwargs)
+
+
+# ------------------------------------------------------------------ jobs (responses)
+
+
+class JobOrDryRun(serializers.Serializer):
+    """A job started ({"job", "matched"}), or with ``dry_run`` what it would do."""
+
+    job = serializers.IntegerField(required=False)
+    matched = serializers.IntegerField()
+    dry_run = serializers.BooleanField(required=False)
+    targets = serializers.ListField(child=serializers.JSONField(), required=False)
+    plan = serializers.CharField(required=False)
+
+
+class JobRow(serializers.Serializer):
+    id = serializers.IntegerField()
+    kind = serializers.CharField()
+    state = serializers.CharField()
+    total = serializers.IntegerField()
+    done = serializers.IntegerField()
+    failed = serializers.IntegerField()
+
+
+
+
+class JobStarted(serializers.Serializer):
+    job = serializers.IntegerField()
+    matched = serializers.IntegerField()
+
+

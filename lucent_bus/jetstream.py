@@ -3,6 +3,9 @@
 Raw replies keep every field the server sends (nats-py's dataclasses drop some,
 e.g. ``num_subjects``), and list calls page through ``offset`` so they work with
 ordinary account credentials and against a cluster.
+
+Long because it is the whole JetStream JSON API the console speaks, in one place, so
+that no other module builds a request.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ A helper is a child Python running ``django.setup()`` and one handler, named
 ``"module:factory"``: the factory is called once in the child and returns the
 function that ``Helper.call`` runs there. Arguments and results travel pickled
 over the child's stdin and stdout, one call at a time. Used by the bulk replay
-(``streams.dlq.Shard``: a share of each batch on a bus connection of its own) and
+(``deadletters.replay.Shard``: a share of each batch on a bus connection of its own) and
 by the trace index (``traces.indexer``: database writes under load).
 
 The child works on the caller's database (``connection.settings_dict["NAME"]``,
@@ -34,7 +34,7 @@ class Helper:
     # Replies go to a copy of stdout; stdout itself then points at stderr, so nothing
     # printed on the way (Django, logging) can corrupt them.
     CODE = ("import os, sys; out = os.fdopen(os.dup(1), 'wb'); os.dup2(2, 1); "
-            "import django; django.setup(); from lucent_console import helper; "
+            "import django; django.setup(); from kernel import helper; "
             "helper.serve(sys.argv[1], out)")
     TARGET = ""
 

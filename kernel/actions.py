@@ -12,6 +12,8 @@ import math
 from contextlib import contextmanager
 from typing import Any
 
+from lucent_bus import subjects
+
 from .models import AuditRecord
 from .roles import has_role
 
@@ -119,3 +121,11 @@ def audited(user, action: str, target: str, parameters: dict, role: str):
         raise ActionError(f"{action} failed: {exc}") from exc
     record.outcome, record.detail = "ok", outcome.detail
     _save(record)
+
+
+def refuse_reserved(subject: str, replay: bool = False) -> None:
+    """Raise ActionError (400) when ``subject`` is one of the bus's own subjects (or, for
+    a replay, the dead letters themselves): no action of the console sends there."""
+    reason = subjects.reserved(subject, replay)
+    if reason:
+        raise ActionError(reason)

@@ -2,10 +2,11 @@
 
 from django.contrib import admin, messages
 
-from lucent_console.actions import ActionError
+from kernel.actions import ActionError
+from kernel.models import Job
 
-from . import dlq
-from .models import DeadLetter, Job
+from . import plans, replay
+from .models import DeadLetter
 
 
 @admin.register(DeadLetter)
@@ -39,11 +40,11 @@ class DeadLetterAdmin(admin.ModelAdmin):
 
     @admin.action(description="Replay selected dead letters to their original subjects")
     def replay_selected(self, request, queryset):
-        self._each(request, queryset, lambda user, pk: dlq.replay(user, pk), "replayed")
+        self._each(request, queryset, lambda user, pk: replay.replay(user, pk), "replayed")
 
     @admin.action(description="Purge selected dead letters")
     def purge_selected(self, request, queryset):
-        self._each(request, queryset, dlq.purge_one, "purged")
+        self._each(request, queryset, plans.purge_one, "purged")
 
 
 @admin.register(Job)

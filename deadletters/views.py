@@ -8,11 +8,13 @@ from django.shortcuts import render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
-from lucent_console.actions import ActionError
-from lucent_console.bus import deadletters as dl
+from kernel.actions import ActionError
+from kernel.models import Job, Quarantined
+from lucent_bus import deadletters as dl
+from streams.services import current_snapshot
 
-from . import dlq
-from .models import DeadLetter, Job, Quarantined
+from . import plans, replay, search
+from .models import DeadLetter
 
 PER_PAGE = 50
 
@@ -20,7 +22,6 @@ PER_PAGE = 50
 def current_generation() -> str | None:
     """The DEAD_LETTERS generation in this process's copy of the snapshot (None when
     unknown: no snapshot yet, or no DEAD_LETTERS)."""
-    from .services import current_snapshot
 
     stream = ((current_snapshot() or {}).get("streams") or {}).get(dl.STREAM)
     return dl.generation(stream) if stream and stream.get("created") else None
@@ -47,18 +48,18 @@ def quarantined() -> dict[str, int]:
 def listing(params) -> dict:
     """The page's data for a set of filters (also used by the websocket)."""
     try:
-        filters = dlq.clean_filters(params)
+        filters = search.clean_filters(params)
         error = ""
     except ActionError as exc:
         filters, error = {}, str(exc)
-    qs = dlq.filtered(filters)
+    qs = search.filtered(filters)
     page = Paginator(qs, PER_PAGE).get_page(params.get("page"))
     page.object_list = list(page.object_list)
     current = current_generation()
     for letter in page.object_list:
         letter.earlier = earlier_generation(letter, current)
     counts = quarantined()
-    return {"filters": filters, "error": error, "letters": page, "groups": dlq.groups(qs),
+    return {"filters": filters, "error": error, "letters": page, "groups": search.groups(qs),
             "total": page.paginator.count, "quarantined": sum(counts.values()),
             "quarantined_by": sorted(counts.items())}
 
@@ -74,12 +75,12 @@ def dl_list(request):
 @require_GET
 def dl_detail(request, pk: int):
     try:
-        letter = dlq.get(pk)
+        letter = search.get(pk)
     except ActionError as exc:
         raise Http404(str(exc)) from None
     letter.earlier = earlier_generation(letter, current_generation())
     return render(request, "deadletters/detail.html", {
-        "d": letter, "stored": dlq.load(letter), "page": "deadletters",
+        "d": letter, "stored": search.load(letter), "page": "deadletters",
         "replays": letter.replays.order_by("-at")[:50]})
 
 
@@ -93,7 +94,7 @@ def _result(request, letter_id, message="", error: ActionError | None = None):
 @require_POST
 def dl_replay(request, pk: int):
     try:
-        result = dlq.replay(request.user, pk, request.POST.get("subject"),
+        result = replay.replay(request.user, pk, request.POST.get("subject"),
                             request.POST.get("remove_original") == "1")
     except ActionError as exc:
         return _result(request, pk, error=exc)
@@ -105,7 +106,7 @@ def dl_replay(request, pk: int):
 @require_POST
 def dl_purge(request, pk: int):
     try:
-        dlq.purge_one(request.user, pk)
+        plans.purge_one(request.user, pk)
     except ActionError as exc:
         return _result(request, pk, error=exc)
     return _result(request, pk, "Purged from DEAD_LETTERS.")
@@ -117,16 +118,16 @@ def dl_bulk(request):
     data = request.POST
     kind = data.get("action")
     try:
-        dlq.require_operator(request.user)
+        plans.require_operator(request.user)
         if kind not in ("replay", "purge"):
             raise ActionError("action must be replay or purge")
         target = data.get("target") or None if kind == "replay" else None
-        filters = dlq.clean_filters(data)
+        filters = search.clean_filters(data)
         if data.get("confirm") != "1":
-            preview = dlq.dry_run(filters, target)
+            preview = plans.dry_run(filters, target)
             return render(request, "fragments/dl_dryrun.html", {
                 "kind": kind, "preview": preview, "post": data.items()})
-        started = dlq.start_job(request.user, kind, data, target, data.get("rate"),
+        started = plans.start_job(request.user, kind, data, target, data.get("rate"),
                                 data.get("remove_original") == "1", data.get("plan"))
     except ActionError as exc:
         return render(request, "fragments/action_result.html", {"error": str(exc)}, status=exc.status)
@@ -144,7 +145,7 @@ def job_detail(request, pk: int):
 @require_POST
 def job_cancel(request, pk: int):
     try:
-        dlq.cancel_job(request.user, pk)
+        plans.cancel_job(request.user, pk)
     except ActionError as exc:
         return render(request, "fragments/action_result.html", {"error": str(exc)}, status=exc.status)
     return render(request, "fragments/job.html", {"job": Job.objects.get(pk=pk)})

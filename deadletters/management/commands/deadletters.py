@@ -6,17 +6,18 @@ import time
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
-from lucent_console.actions import ActionError
-from lucent_console.bus.runner import run_with_bus
-from lucent_console.serializers import check
-from streams import capture, dlq
-from streams.deadletter_api import _row
-from streams.models import Job
-from streams.serializers import (
+from deadletters import index as dl_index
+from deadletters import plans, replay, search
+from deadletters.api import _row
+from deadletters.serializers import (
     BulkPurgeSerializer,
     BulkReplaySerializer,
     DeadLetterReplaySerializer,
 )
+from kernel.actions import ActionError
+from kernel.models import Job
+from kernel.serializers import check
+from lucent_bus.runner import run_with_bus
 
 NO_WORKER_S = 10  # a job still queued after this long: say that no worker seems to be there
 
@@ -26,7 +27,7 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("action", choices=["list", "replay", "purge", "reindex"])
-        for name in dlq.FILTERS:
+        for name in search.FILTERS:
             parser.add_argument(f"--{name.replace('_', '-')}", dest=name)
         parser.add_argument("--id", type=int, help="one dead letter (replay/purge)")
         parser.add_argument("--to", dest="target", help="replay to this subject")
@@ -40,10 +41,10 @@ class Command(BaseCommand):
         parser.add_argument("--json", action="store_true")
 
     def handle(self, *args, action, **opts):
-        filters = {k: opts[k] for k in dlq.FILTERS if opts.get(k)}
+        filters = {k: opts[k] for k in search.FILTERS if opts.get(k)}
         try:
             if action == "reindex":
-                added = run_with_bus("reindex", capture.reindex)
+                added = run_with_bus("reindex", dl_index.reindex)
                 self.stdout.write(f"indexed {added} dead letters from DEAD_LETTERS")
             elif action == "list":
                 self.list(filters, opts)
@@ -59,12 +60,12 @@ class Command(BaseCommand):
         return user
 
     def list(self, filters, opts):
-        qs = dlq.filtered(dlq.clean_filters(filters))
+        qs = search.filtered(search.clean_filters(filters))
         rows = [_row(x) for x in qs[: opts["limit"]]]
         if opts["json"]:
             self.stdout.write(json.dumps({"count": qs.count(), "results": rows}, indent=2))
             return
-        for g in dlq.groups(qs):
+        for g in search.groups(qs):
             self.stdout.write(f"{g['n']:>7} {g['message_type'] or '(no type)'} from {g['consumer']}: "
                               f"{g['reason']}")
         for r in rows:
@@ -97,10 +98,10 @@ class Command(BaseCommand):
             if action == "replay":
                 data = check(DeadLetterReplaySerializer, body, user=user,
                              action="deadletter.replay", target=str(opts["id"]), role="operator")
-                result = dlq.replay(user, opts["id"], data.get("subject"),
+                result = replay.replay(user, opts["id"], data.get("subject"),
                                     bool(data.get("remove_original")))
             else:
-                result = dlq.purge_one(user, opts["id"])
+                result = plans.purge_one(user, opts["id"])
             self.stdout.write(json.dumps(result, default=str))
             return
         serializer = BulkReplaySerializer if action == "replay" else BulkPurgeSerializer
@@ -117,10 +118,10 @@ class Command(BaseCommand):
         filters = serializer.filters(data)
         target = data.get("subject") if action == "replay" else None
         if data.get("dry_run"):
-            preview = dlq.dry_run(dlq.clean_filters(filters), target)
+            preview = plans.dry_run(search.clean_filters(filters), target)
             self.stdout.write(json.dumps({"dry_run": True, **preview}, indent=2))
             return
-        started = dlq.start_job(user, action, filters, target, data.get("rate"),
+        started = plans.start_job(user, action, filters, target, data.get("rate"),
                                 bool(data.get("remove_original")), everything=bool(data.get("all")))
         self.wait(user, started["job"])
 
@@ -142,7 +143,7 @@ class Command(BaseCommand):
                 time.sleep(0.5)
                 job.refresh_from_db()
         except KeyboardInterrupt:
-            job = dlq.cancel_job(user, job.pk)
+            job = plans.cancel_job(user, job.pk)
             self.stderr.write(f"\ncancelling job {job.pk}...")
             while job.state not in Job.FINAL:
                 time.sleep(0.25)

@@ -42,5 +42,5 @@ def HasRole(role: str) -> type:  # noqa: N802 - used like a class: HasRole("view
 
 # The API's default (REST_FRAMEWORK DEFAULT_PERMISSION_CLASSES): a token or session
 # of a user in no group reads nothing. Actions check their own, higher, role in the
-# service layer (lucent_console.actions.audited).
+# service layer (kernel.actions.audited).
 IsViewer = HasRole("viewer")

@@ -8,12 +8,12 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework.decorators import api_view
 from rest_framework.response import Response
 
-from lucent_console.actions import NotFound
-from lucent_console.api import ERRORS, ID, PAGING, READ_ERRORS, Page
-from lucent_console.serializers import EmptySerializer, check_request
+from kernel.actions import NotFound
+from kernel.api import ERRORS, ID, PAGING, READ_ERRORS, Page
+from kernel.models import Job
+from kernel.serializers import EmptySerializer, JobOrDryRun, JobRow, check_request
 
-from . import dlq
-from .deadletter_views import current_generation, earlier_generation
+from . import plans, replay, search
 from .serializers import (
     BulkPurgeSerializer,
     BulkReplaySerializer,
@@ -21,10 +21,10 @@ from .serializers import (
     DeadLetterFilterSerializer,
     DeadLetterPage,
     DeadLetterReplaySerializer,
-    JobOrDryRun,
     Purged,
     Replayed,
 )
+from .views import current_generation, earlier_generation
 
 KEYS = ("id", "stream", "stream_seq", "subject", "consumer", "deliveries", "reason", "error",
         "captured_at", "failed_at", "message_id", "correlation_id", "causation_id",
@@ -46,14 +46,14 @@ def _row(letter, current: str | None | bool = False) -> dict:
     return out
 
 
-LIST_FILTERS = [OpenApiParameter(name, str, required=False) for name in dlq.FILTERS]
+LIST_FILTERS = [OpenApiParameter(name, str, required=False) for name in search.FILTERS]
 
 
 @extend_schema(operation_id="deadletters_list", parameters=[*PAGING, *LIST_FILTERS],
                responses={200: DeadLetterPage, 400: ERRORS[400], **READ_ERRORS})
 @api_view(["GET"])
 def dl_list(request):
-    qs = dlq.filtered(dlq.clean_filters(request.GET))
+    qs = search.filtered(search.clean_filters(request.GET))
     paginator = Page()
     page = paginator.paginate_queryset(qs, request)
     return paginator.get_paginated_response([_row(x) for x in page])
@@ -68,12 +68,12 @@ def dl_detail(request, pk: str):
     if request.method == "DELETE":
         check_request(request, EmptySerializer, action="deadletter.purge", target=str(pk)[:64],
                       role="operator")
-        return Response(dlq.purge_one(request.user, pk))
+        return Response(plans.purge_one(request.user, pk))
     if not (pk.isascii() and pk.isdigit() and len(pk) < 19):
         # Beyond 64 bits the database cannot even look (OverflowError): no such letter.
         raise NotFound(f"no dead letter {pk[:20]!r}")
-    letter = dlq.get(pk)
-    stored = dlq.load(letter)
+    letter = search.get(pk)
+    stored = search.load(letter)
     out = {**_row(letter), "headers": stored.get("headers", letter.headers)}
     data = stored.get("data") if stored.get("available") else None
     if data is None:
@@ -92,7 +92,7 @@ def dl_detail(request, pk: str):
 def dl_replay(request, pk: str):
     data = check_request(request, DeadLetterReplaySerializer, action="deadletter.replay",
                          target=str(pk)[:64], role="operator")
-    return Response(dlq.replay(request.user, pk, data.get("subject"),
+    return Response(replay.replay(request.user, pk, data.get("subject"),
                                bool(data.get("remove_original"))))
 
 
@@ -105,10 +105,10 @@ def _bulk(request, kind: str, serializer: type[DeadLetterFilterSerializer]):
     filters = serializer.filters(data)
     target = data.get("subject") if kind == "replay" else None
     if data.get("dry_run"):
-        dlq.require_operator(request.user)
-        preview = dlq.dry_run(dlq.clean_filters(filters), target)
+        plans.require_operator(request.user)
+        preview = plans.dry_run(search.clean_filters(filters), target)
         return Response({"dry_run": True, **preview})
-    return Response(dlq.start_job(request.user, kind, filters, target, data.get("rate"),
+    return Response(plans.start_job(request.user, kind, filters, target, data.get("rate"),
                                   bool(data.get("remove_original")), data.get("plan"),
                                   everything=bool(data.get("all"))))
 
@@ -125,3 +125,33 @@ def dl_replay_bulk(request):
 @api_view(["POST"])
 def dl_purge_bulk(request):
     return _bulk(request, "purge", BulkPurgeSerializer)
+
+
+# ------------------------------------------------------------------ jobs
+
+def job_json(job: Job) -> dict:
+    return {"id": job.pk, "kind": job.kind, "state": job.state, "total": job.total,
+            "done": job.done, "failed": job.failed, "unknown": job.unknown, "error": job.error,
+            "params": {k: v for k, v in job.params.items() if k not in ("audit_id", "publishing")},
+            "created_at": job.created_at.isoformat(),
+            "finished_at": job.finished_at.isoformat() if job.finished_at else None}
+
+
+@extend_schema(operation_id="job_detail", parameters=[ID], responses={200: JobRow, **ERRORS})
+@api_view(["GET"])
+def job_detail(request, pk: str):
+    # isdigit() is true for "²" and other digits int() refuses; only ASCII digits are ids.
+    job = Job.objects.filter(pk=int(pk) if pk.isascii() and pk.isdigit() and len(pk) < 19
+                             else -1).first()
+    if job is None:
+        raise NotFound(f"no job {pk[:20]!r}")
+    return Response(job_json(job))
+
+
+@extend_schema(operation_id="job_cancel", request=EmptySerializer, parameters=[ID],
+               responses={200: JobRow, **ERRORS})
+@api_view(["POST"])
+def job_cancel(request, pk: str):
+    """Operator: the job answers ``cancelling`` and ends ``cancelled`` within a second."""
+    check_request(request, EmptySerializer, action="job.cancel", target=pk[:64], role="operator")
+    return Response(job_json(plans.cancel_job(request.user, pk)))

@@ -19,161 +19,50 @@ since) a letter of that batch becomes "outcome unknown" for an operator to decid
 never a silent republish. The ``Nats-Msg-Id`` stays as a second guard.
 """
 
+
 from __future__ import annotations
 
 import logging
-import os
-import socket
-import threading
-import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
 
-from django.db import connection, transaction
-from django.utils import timezone
+from django.db import transaction
 
-from lucent_console.bus import deadletters as dl
-from lucent_console.bus import jetstream as js
-from lucent_console.bus import sync as bus_sync
+from kernel.jobs import LeaseKeeper, RateLimit, end_state
+from kernel.models import Job
+from lucent_bus import deadletters as dl
+from lucent_bus import jetstream as js
+from lucent_bus import sync as bus_sync
 
-from . import dlq
-from .models import DeadLetter, Job, Replay
+from . import plans, replay, search
+from .models import DeadLetter, Replay
 
 log = logging.getLogger("lucent.jobs")
+
 CHUNK_S = 0.25  # a rate-limited job publishes (and shows progress) in slices this long
-WATCH_S = 0.25  # how often a runner reads its job's row (cancel) and may renew its lease
-PENDING_GRACE_S = 30  # a job queued this long with no runner is queued again
 
 
-def owner_name() -> str:
-    return f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
-
-class LeaseKeeper(threading.Thread):
-    """Renews the runner's lease and watches for a cancel, beside the runner."""
-
-    def __init__(self, job: Job, owner: str) -> None:
-        super().__init__(name=f"lucent-job-{job.pk}", daemon=True)
-        self.job, self.owner = job, owner
-        self.cancelled = threading.Event()
-        self.lost = threading.Event()
-        self._done = threading.Event()
-
-    def run(self) -> None:
-        renew_every = max(WATCH_S, Job.lease_seconds() / 3)
-        renewed = time.monotonic()
-        try:
-            while not self._done.wait(WATCH_S):
-                row = Job.objects.filter(pk=self.job.pk).values(
-                    "cancel_requested", "lease_owner", "state").first()
-                if row is None or row["lease_owner"] != self.owner or row["state"] in Job.FINAL:
-                    self.lost.set()
-                    return
-                if row["cancel_requested"]:
-                    self.cancelled.set()
-                if time.monotonic() - renewed >= renew_every:
-                    if not self.job.renew(self.owner):
-                        self.lost.set()
-                        return
-                    renewed = time.monotonic()
-        except Exception:  # database away: the runner stops at its next check
-            log.exception("job %s: lease keeper failed", self.job.pk)
-            self.lost.set()
-        finally:
-            connection.close()
-
-    def should_stop(self) -> bool:
-        return self.cancelled.is_set() or self.lost.is_set()
-
-    def stop(self) -> None:
-        self._done.set()
-        self.join(5)
-
-
-def run_job(job_id: int, owner: str | None = None) -> bool:
-    """Claim the job and run it (or resume it) to its end. Returns whether it did work:
-    False when the job ended already or another runner holds it."""
-    job = Job.objects.filter(pk=job_id).first()
-    if job is None or job.state in Job.FINAL:
-        return False
-    owner = owner or owner_name()
-    if not job.claim(owner):
-        return False
-    keeper = LeaseKeeper(job, owner)
-    keeper.start()
-    try:
-        if job.kind == "replay":
-            state = _run_replay(job, owner, keeper)
-        elif job.kind == "stream_replay":
-            state = _run_stream_replay(job, owner, keeper)
-        else:
-            state = _run_purge(job, owner, keeper)
-        if state is not None:
-            job.finish(owner, state)
-    except Exception as exc:
-        job.fail(f"{type(exc).__name__}: {exc}", owner)
-        raise
-    finally:
-        keeper.stop()
-    return True
-
-
-def _end_state(keeper: LeaseKeeper) -> str | None:
-    """CANCELLED after a cancel, None when the lease was lost (another runner has it)."""
-    if keeper.lost.is_set():
-        return None
-    return Job.CANCELLED if keeper.cancelled.is_set() else Job.DONE
-
-
-def resume_stale() -> bool:
-    """Queue again every job whose runner is gone (lease run out) or that no runner took
-    (queued long ago, never claimed). Safe to run anywhere, any number of times: only one
-    runner can claim a job. Returns whether it queued anything."""
-    now = timezone.now()
-    stale = list(Job.objects.filter(state__in=(Job.RUNNING, Job.CANCELLING), lease_until__lt=now)
-                 .values_list("pk", flat=True))
-    stale += list(Job.objects.filter(state=Job.PENDING, lease_owner="",
-                                     created_at__lt=now - timedelta(seconds=PENDING_GRACE_S))
-                  .values_list("pk", flat=True))
-    for pk in stale:
-        log.warning("job %s: no live runner; queued again", pk)
-        dlq.enqueue(pk)
-    return bool(stale)
-
-
-# ------------------------------------------------------------------ purge, stream replay
-
-def _run_purge(job: Job, owner: str, keeper: LeaseKeeper) -> str | None:
+def run_purge(job: Job, owner: str, keeper: LeaseKeeper) -> str | None:
     filters, upto = job.params["filters"], job.params.get("upto_id")
     while not keeper.should_stop():
         batch = list(_plan(filters, upto).filter(pk__gt=job.last_id).order_by("pk")
-                     .only("id", "dl_seq", "generation")[:dlq.BATCH])
+                     .only("id", "dl_seq", "generation", "stream", "stream_seq")[:replay.BATCH])
         if not batch:
             break
-        dlq.purge_letters(batch)
+        plans.purge_letters(batch)
         if not job.advance(owner, done=job.done + len(batch), last_id=batch[-1].pk):
             return None
-    return _end_state(keeper)
+    return end_state(keeper)
 
 
-def _run_stream_replay(job: Job, owner: str, keeper: LeaseKeeper) -> str | None:
-    limiter = dlq.RateLimit(job.params.get("rate"))
-    while not keeper.should_stop():
-        if not dlq.stream_replay_batch(job, owner, job.params, limiter):
-            break
-    return _end_state(keeper)
-
-
-# ------------------------------------------------------------------ dead-letter replay
 
 def _plan(filters: dict, upto: int | None):
     """The letters of a job: its filters, frozen at the dry run (or the start) by id."""
-    qs = dlq.filtered(filters)
+    qs = search.filtered(filters)
     return qs.filter(pk__lte=upto) if upto else qs
 
-
 ROW = ("pk", "dl_seq", "stream", "stream_seq", "subject", "generation")
+
 
 
 def _letters(filters: dict, upto: int | None, after: int, limit: int,
@@ -182,6 +71,7 @@ def _letters(filters: dict, upto: int | None, after: int, limit: int,
     if through is not None:
         qs = qs.filter(pk__lte=through)
     return list(qs.order_by("pk").values_list(*ROW)[:limit])
+
 
 
 class Targets:
@@ -212,7 +102,8 @@ class Targets:
         return out
 
 
-def _run_replay(job: Job, owner: str, keeper: LeaseKeeper) -> str | None:
+
+def run_replay(job: Job, owner: str, keeper: LeaseKeeper) -> str | None:
     """A bulk replay: batches read, recorded as publishing, published pipelined, recorded.
 
     For unthrottled jobs the bus work of one batch overlaps the database work of the
@@ -223,20 +114,20 @@ def _run_replay(job: Job, owner: str, keeper: LeaseKeeper) -> str | None:
     """
     params, targets = job.params, Targets()
     rate = params.get("rate")
-    size = dlq.BATCH if not rate else max(1, min(dlq.BATCH, int(rate * CHUNK_S)))
-    limiter = dlq.RateLimit(rate)
+    size = replay.BATCH if not rate else max(1, min(replay.BATCH, int(rate * CHUNK_S)))
+    limiter = RateLimit(rate)
     username = job.created_by.username if job.created_by_id else ""
     if params.get("publishing") and not _resolve(job, owner, targets, username, limiter):
         return None
     filters, upto = params["filters"], params.get("upto_id")
-    shard = (dlq.Shard.start() if dlq.SHARDS > 1 and not rate
-             and job.total - job.done - job.failed >= dlq.SHARD_MIN else None)
+    shard = (replay.Shard.start() if replay.SHARDS > 1 and not rate
+             and job.total - job.done - job.failed >= replay.SHARD_MIN else None)
     with ThreadPoolExecutor(2, thread_name_prefix="lucent-replay") as pool:
         def launch(rows):
             if not _mark_publishing(job, owner, targets, rows):
                 return None
             if shard is not None and shard.alive:
-                return pool.submit(dlq.replay_sharded, pool, shard, rows, params, limiter)
+                return pool.submit(replay.replay_sharded, pool, shard, rows, params, limiter)
             return pool.submit(_publish, rows, params, limiter, keeper)
 
         try:
@@ -256,7 +147,8 @@ def _run_replay(job: Job, owner: str, keeper: LeaseKeeper) -> str | None:
         finally:
             if shard is not None:
                 shard.stop()
-    return _end_state(keeper)
+    return end_state(keeper)
+
 
 
 def _publish(rows: list[tuple], params: dict, limiter, keeper: LeaseKeeper):
@@ -264,11 +156,13 @@ def _publish(rows: list[tuple], params: dict, limiter, keeper: LeaseKeeper):
     A rate-limited slice first waits for its rate slot here, where a cancel can stop it."""
     if limiter.interval and not limiter.wait_sync(keeper.should_stop):
         return None
-    return dlq.replay_batch(rows, params, limiter)
+    return replay.replay_batch(rows, params, limiter)
+
 
 
 def _marker(rows: list[tuple], positions: dict) -> dict:
     return {"after": rows[0][0] - 1, "through": rows[-1][0], "targets": positions}
+
 
 
 def _mark_publishing(job: Job, owner: str, targets: Targets, rows: list[tuple]) -> bool:
@@ -280,21 +174,24 @@ def _mark_publishing(job: Job, owner: str, targets: Targets, rows: list[tuple]) 
     return job.advance(owner, params=params)
 
 
+
 def _without(job: Job, rows: list[tuple]) -> dict:
     through = rows[-1][0]
     return {**job.params, "publishing": [m for m in job.params.get("publishing", [])
                                          if m["through"] != through]}
 
 
+
 def _unmark(job: Job, owner: str, rows: list[tuple]) -> None:
     job.advance(owner, params=_without(job, rows))
+
 
 
 def _record(job: Job, owner: str, rows: list[tuple], results: list, username: str) -> bool:
     """The batch's Replay rows, statuses, progress and checkpoint, and the removal of its
     publishing record: all in one transaction, or none (lease lost: another runner has it)."""
     with transaction.atomic():
-        ok = dlq.record_replays(job, results, username)
+        ok = replay.record_replays(job, results, username)
         unknown = [row for row, result in results if result == "unknown"]
         if unknown:
             _record_unknown(job, unknown, username)
@@ -307,6 +204,7 @@ def _record(job: Job, owner: str, rows: list[tuple], results: list, username: st
     return True
 
 
+
 def _record_unknown(job: Job, rows: list[tuple], username: str) -> None:
     Replay.objects.bulk_create([
         Replay(dead_letter_id=row[0], job=job, username=username, subject=row[4] or "",
@@ -315,12 +213,13 @@ def _record_unknown(job: Job, rows: list[tuple], username: str) -> None:
     DeadLetter.objects.filter(pk__in=[row[0] for row in rows]).update(status=DeadLetter.UNKNOWN)
 
 
+
 def _resolve(job: Job, owner: str, targets: Targets, username: str, limiter) -> bool:
     """A runner died with batches recorded as publishing: find in each target stream what
     arrived, mark what cannot be known, publish the rest (the record stays until then)."""
     for marker in list(job.params.get("publishing", [])):
         rows = _letters(job.params["filters"], job.params.get("upto_id"), marker["after"],
-                        dlq.BATCH * 2, through=marker["through"])
+                        replay.BATCH * 2, through=marker["through"])
         if not rows:
             if not job.advance(owner, params={**job.params, "publishing": [
                     m for m in job.params["publishing"] if m is not marker]}):
@@ -330,7 +229,7 @@ def _resolve(job: Job, owner: str, targets: Targets, username: str, limiter) -> 
         results = [(row, found[row[0]]) for row in rows if row[0] in found]
         results += [(row, "unknown") for row in unknown]
         if again:
-            results += dlq.replay_batch(again, job.params, limiter)
+            results += replay.replay_batch(again, job.params, limiter)
         log.warning("job %s resumed: %d letters found in their target, %d outcome unknown, "
                     "%d published again", job.pk, len(found), len(unknown), len(again))
         order = {row[0]: i for i, row in enumerate(rows)}
@@ -340,13 +239,14 @@ def _resolve(job: Job, owner: str, targets: Targets, username: str, limiter) -> 
     return True
 
 
+
 def _what_arrived(params: dict, targets: Targets, marker: dict, rows: list[tuple]):
     """Split a publishing batch: {pk: result} found in their target stream, rows whose
     outcome cannot be known, rows to publish again."""
     expected = {}
     for row in rows:
         subject = targets.subject_for(row, params)
-        expected[row[0]] = (subject, dlq.replay_msg_id(row[1], subject, row[5]))
+        expected[row[0]] = (subject, replay.replay_msg_id(row[1], subject, row[5]))
 
     async def look(nc):
         subjects = {subject for subject, _ in expected.values()}
@@ -376,6 +276,7 @@ def _what_arrived(params: dict, targets: Targets, marker: dict, rows: list[tuple
     return found, unknown, again
 
 
+
 async def _ids_in(nc, stream: str, first: int, last: int) -> dict[str, int]:
     """{Nats-Msg-Id: seq} of the replays stored in ``stream`` between two sequences."""
     ids: dict[str, int] = {}
@@ -388,3 +289,4 @@ async def _ids_in(nc, stream: str, first: int, last: int) -> dict[str, int]:
             ids[msg["headers"].get("Nats-Msg-Id", "")] = msg["seq"]
         position = msg["seq"] + 1
     return ids
+

@@ -55,12 +55,3 @@ def reserved(subject: str, replay: bool = False) -> str | None:
             return (f"{subject[:80]!r} is one of the bus's own subjects ({pattern}): "
                     "the console does not send there")
     return None
-
-
-def refuse_reserved(subject: str, replay: bool = False) -> None:
-    """Raise ActionError (400) when ``subject`` is one of the bus's own subjects."""
-    from lucent_console.actions import ActionError
-
-    reason = reserved(subject, replay)
-    if reason:
-        raise ActionError(reason)

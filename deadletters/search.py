@@ -1,0 +1,152 @@
+"""Finding dead letters: filters (checked), the filtered query, groups, one letter and
+its stored copy (read back only from its own DEAD_LETTERS generation).
+"""
+
+from __future__ import annotations
+
+import re
+
+from django.db.models import Count, Q
+
+from kernel import times
+from kernel.actions import ActionError, NotFound
+from lucent_bus import deadletters as dl
+from lucent_bus import envelope, subjects
+from lucent_bus import jetstream as js
+from lucent_bus import sync as bus_sync
+
+from .models import DeadLetter
+
+FILTERS = ("stream", "consumer", "subject", "message_type", "correlation_id", "reason", "status",
+           "since", "until", "q")
+
+
+
+def _nats_pattern_to_regex(pattern: str) -> str:
+    parts = []
+    for token in pattern.split("."):
+        parts.append("[^.]+" if token == "*" else ".+" if token == ">" else re.escape(token))
+    return "^" + r"\.".join(parts) + "$"
+
+
+
+
+def clean_filters(params) -> dict:
+    """The filters given, checked: bad values are a clear error.
+
+    ``subject_filter`` is another name for ``subject``: a bulk replay's
+    ``subject`` is where to replay to, so its filter on the original subject
+    goes by that name.
+    """
+    out = {}
+    for key in FILTERS:
+        value = params.get(key)
+        if key == "subject" and params.get("subject_filter"):
+            value = params.get("subject_filter")
+        if value in (None, ""):
+            continue
+        value = str(value).strip()
+        if key == "subject" and not subjects.is_valid(value):
+            raise ActionError(f"{value[:80]!r} is not a valid subject")
+        if key == "status" and value not in dict(DeadLetter.STATUSES):
+            raise ActionError(f"status must be one of new, replayed, purged, not {value[:20]!r}")
+        if key in ("since", "until"):
+            times.parse(value, key)
+        out[key] = value
+    return out
+
+
+
+def filtered(filters: dict):
+    qs = DeadLetter.objects.all()
+    for key in ("stream", "consumer", "message_type", "correlation_id", "reason"):
+        if filters.get(key):
+            qs = qs.filter(**{key: filters[key]})
+    if filters.get("subject"):
+        pattern = filters["subject"]
+        if "*" in pattern or ">" in pattern:
+            # The literal tokens before the first wildcard narrow by index first.
+            literal = []
+            for token in pattern.split("."):
+                if token in ("*", ">"):
+                    break
+                literal.append(token)
+            if literal:
+                qs = qs.filter(subject__startswith=".".join(literal) + ".")
+            qs = qs.filter(subject__regex=_nats_pattern_to_regex(pattern))
+        else:
+            qs = qs.filter(subject=pattern)
+    if filters.get("status"):
+        qs = qs.filter(status=filters["status"])
+    else:
+        qs = qs.exclude(status=DeadLetter.PURGED)
+    if filters.get("since"):
+        qs = qs.filter(captured_at__gte=times.parse(filters["since"], "since"))
+    if filters.get("until"):
+        qs = qs.filter(captured_at__lt=times.parse(filters["until"], "until"))
+    if filters.get("q"):
+        q = filters["q"]
+        qs = qs.filter(Q(search_text__icontains=q) | Q(error__icontains=q) | Q(message_id=q))
+    return qs
+
+
+
+def groups(qs, limit: int = 8) -> list[dict]:
+    """Counts by message type, consumer and reason: a flood at a glance."""
+    rows = (qs.order_by().values("message_type", "consumer", "reason")
+            .annotate(n=Count("id")).order_by("-n")[:limit])
+    return list(rows)
+
+
+
+def get(dl_id) -> DeadLetter:
+    try:
+        return DeadLetter.objects.get(pk=int(dl_id))
+    except (ValueError, TypeError, DeadLetter.DoesNotExist):
+        raise NotFound(f"no dead letter {str(dl_id)[:20]!r}") from None
+
+
+
+def load(letter: DeadLetter) -> dict:
+    """The stored copy: headers, payload and its decoding (from DEAD_LETTERS)."""
+    if letter.status == DeadLetter.PURGED:
+        return {"available": False, "why": "purged"}
+    async def read(nc):
+        return await js.next_message(nc, dl.STREAM, letter.dl_seq), await current_generation(nc)
+
+    try:
+        msg, generation = bus_sync.with_client(read)
+    except Exception as exc:
+        return {"available": False, "why": f"cannot read DEAD_LETTERS: {exc}"}
+    if msg is None or msg["seq"] != letter.dl_seq:
+        return {"available": False, "why": "no longer in DEAD_LETTERS"}
+    if not same_letter(letter.generation, letter.stream, letter.stream_seq, msg, generation):
+        return {"available": False, "why": "no longer available: it was stored in an earlier "
+                "DEAD_LETTERS stream (declared again since, or another bus)"}
+    return {"available": letter.payload_available, "headers": msg["headers"], "data": msg["data"],
+            "decoded": envelope.decode(msg["data"], msg["headers"]),
+            "why": "" if letter.payload_available else
+            "payload unavailable: the original was gone when the failure was captured"}
+
+
+async def current_generation(nc) -> str:
+    return dl.generation(await js.stream_info(nc, dl.STREAM))
+
+
+
+def same_letter(generation: str, stream: str, stream_seq, msg: dict, current: str) -> bool:
+    """Whether ``msg`` (read at a row's DEAD_LETTERS sequence) is the letter the row
+    indexed: the same DEAD_LETTERS generation, and the same original stream and sequence
+    where the copy names them. Rows indexed before generations were kept ("") rely on
+    the second check alone."""
+    # A "#r..." suffix marks a restored stream's different message at a known key: the
+    # same stream, so the same DEAD_LETTERS generation as far as reading goes.
+    if generation and current and generation.split("#")[0] != current:
+        return False
+    headers = msg.get("headers") or {}
+    if headers.get(dl.H_STREAM) and stream and headers[dl.H_STREAM] != stream:
+        return False
+    seq = headers.get(dl.H_SEQ, "")
+    if stream_seq is not None and seq.isascii() and seq.isdigit() and len(seq) <= 19:
+        return int(seq) == stream_seq
+    return True
