@@ -49,6 +49,10 @@ def _pages(page, base: str) -> dict[str, str]:
     page.goto(base + letter)
     links = page.locator("a.trace-link")
     trace = links.first.get_attribute("href") if links.count() else "/trace/"
+    page.goto(base + "/services/probe/")  # an audited action, so /audit/ has parameters to show
+    page.fill("input[name=count]", "2")
+    page.click("#probe button[type=submit]")
+    page.wait_for_selector("#probe-result .cards", timeout=15000)
     page.goto(base + "/agents/")
     agents = "#agents-panel a[href^='/agents/']:not([href*='hierarchy'])"
     page.wait_for_selector(agents, timeout=30000)
@@ -97,6 +101,8 @@ def test_every_page_at_desktop_and_phone_width(console, browser):
             aligned += len(align)
         assert pages  # every page visited at this size
     assert not problems, "\n".join(problems)
+    page.goto(console.url + "/audit/")
+    assert page.locator("#audit-table table.params th", has_text="count").count()  # key/value
     assert aligned > 50, "the pages showed hardly any number cells"
 
     # The light theme, as the system asks for it, and the admin in it.
