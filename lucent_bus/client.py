@@ -60,8 +60,11 @@ class LucentClient(Client):
     async def _read_loop(self) -> None:
         await super()._read_loop()
         # nats-py's loop ends quietly on an unexpected error and leaves the status
-        # CONNECTED: nothing would be read again until the pings ran out. Reconnect now.
-        if self.is_connected:
+        # CONNECTED: nothing would be read again until the pings ran out. Reconnect now;
+        # but not when the loop was cancelled (nats-py swallows that: its event loop is
+        # ending, as a sync caller's loop does after each call).
+        task = asyncio.current_task()
+        if self.is_connected and not (task is not None and task.cancelling()):
             log.warning("bus: the read loop ended on a live connection; reconnecting")
             asyncio.get_running_loop().create_task(
                 self._process_op_err(errors.StaleConnectionError()))
@@ -318,6 +321,9 @@ class SharedClient:
         nc = self.current(loop)
         if nc is None or nc.is_closed:
             return None if nc is None else "bus connection closed"
+        known = self._clients.get(id(loop or asyncio.get_running_loop()))
+        if known is not None and known[2] != BusConfig.from_env().servers:
+            return None  # a connection to a bus no longer configured: the next get() replaces it
         since = getattr(nc, "unanswered_since", None)
         if nc.is_connected and since is None:
             return None

@@ -49,6 +49,10 @@ def _pages(page, base: str) -> dict[str, str]:
     page.goto(base + letter)
     links = page.locator("a.trace-link")
     trace = links.first.get_attribute("href") if links.count() else "/trace/"
+    page.goto(base + "/services/probe/")  # an audited action, so /audit/ has parameters to show
+    page.fill("input[name=count]", "2")
+    page.click("#probe button[type=submit]")
+    page.wait_for_selector("#probe-result .cards", timeout=15000)
     page.goto(base + "/agents/")
     agents = "#agents-panel a[href^='/agents/']:not([href*='hierarchy'])"
     page.wait_for_selector(agents, timeout=30000)
@@ -97,6 +101,8 @@ def test_every_page_at_desktop_and_phone_width(console, browser):
             aligned += len(align)
         assert pages  # every page visited at this size
     assert not problems, "\n".join(problems)
+    page.goto(console.url + "/audit/")
+    assert page.locator("#audit-table table.params th", has_text="count").count()  # key/value
     assert aligned > 50, "the pages showed hardly any number cells"
 
     # The light theme, as the system asks for it, and the admin in it.
@@ -140,3 +146,35 @@ def test_the_indicator_leaves_live_at_once_when_the_socket_closes(console, brows
     page.wait_for_selector("#live-status.ok", timeout=30000)
     assert "stale" not in page.evaluate("document.body.className")
     page.close()
+
+
+def test_times_ids_and_parameters_never_break_a_page():
+    """The display filters take whatever the bus sent: readable times become <time> with the
+    exact UTC time on hover, the rest is shown as text, escaped, and nothing raises."""
+    import json
+    from datetime import UTC, datetime
+
+    from lucent_console.templatetags.console import ago, at, ident, pairs
+
+    from .malformed import VALUES
+
+    ns = ago("2026-11-26T10:30:01.123456789Z")
+    assert 'datetime="2026-11-26T10:30:01.123456Z"' in ns
+    assert 'title="2026-11-26 10:30:01.123456789 UTC"' in ns and " ago</time>" in ns
+    now = datetime.now(UTC).timestamp()
+    for epoch in (now - 180, (now - 180) * 1e3, (now - 180) * 1e6, (now - 180) * 1e9, str(int(now - 180))):
+        assert ">3 min ago</time>" in ago(epoch), epoch
+    assert ">10:30:01</time>" in at("2026-11-26T10:30:01Z")
+    for nothing in (None, "", 0, float("nan"), "0001-01-01T00:00:00Z", True):
+        assert ago(nothing) == "–", nothing
+    assert ago("<b>soon</b>") == "&lt;b&gt;soon&lt;/b&gt;"
+    for name, raw in VALUES.items():
+        value = json.loads(raw)
+        for out in (ago(value), at(value), ident(value), ident(value, 8)):
+            assert "<script" not in out and "<b>" not in out, name
+        rows = pairs({"k": value, "<i>": 1})
+        assert rows and all(isinstance(v, str) for _, v in rows), name
+    cut = ident("0123456789abcdefghij", 8)
+    assert 'data-copy="0123456789abcdefghij"' in cut and ">0123456…</code>" in cut
+    assert pairs({"subject": "a.b", "dry_run": True, "ids": [1, 2]}) == [
+        ("subject", "a.b"), ("dry_run", "yes"), ("ids", "[1, 2]")]

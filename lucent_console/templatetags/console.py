@@ -160,12 +160,22 @@ def relative(seconds: float) -> str:
     return f"in {text}" if future else f"{text} ago"
 
 
+def _shown(value, limit: int) -> str:
+    """Bus data as text for a cell, clipped; a value even str() fails on (a list nested past
+    the recursion limit) as a marker."""
+    try:
+        text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+    except (ValueError, TypeError, RecursionError):
+        text = "(unreadable)"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _time_tag(value, text_of) -> str:
     parsed = _parse_time(value)
     if parsed is None:
-        if value in (None, "") or isinstance(value, (int, float)) or str(value).startswith("0001-"):
+        if value in (None, "") or isinstance(value, (int, float)) or _shown(value, 8).startswith("0001-"):
             return "–"  # no time: JetStream's zero time, 0, NaN
-        return conditional_escape(str(value)[:64])
+        return conditional_escape(_shown(value, 64))
     when, exact = parsed
     iso = when.isoformat().replace("+00:00", "Z")
     if text_of is None:
@@ -192,7 +202,7 @@ def at(value) -> str:
 def ident(value, chars: int = 16) -> str:
     """An id cut to ``chars`` for the table, whole on hover, copied whole on click
     (static/lucent/live.js: elements with data-copy)."""
-    text = "" if value is None else str(value)
+    text = "" if value is None else _shown(value, 1000)
     if not text:
         return "–"
     shown = text if len(text) <= chars else text[: max(1, chars - 1)] + "…"
@@ -207,15 +217,12 @@ def pairs(value) -> list[tuple[str, str]]:
     if isinstance(value, dict):
         out = []
         for key, v in value.items():
-            if isinstance(v, (dict, list)):
-                v = json.dumps(v, ensure_ascii=False, default=str)
-            elif v is None:
+            if v is None:
                 v = "–"
             elif isinstance(v, bool):
                 v = "yes" if v else "no"
-            out.append((str(key), str(v)))
+            out.append((_shown(key, 200), _shown(v, 2000)))
         return out
     if value in (None, "", [], {}):
         return []
-    return [("", json.dumps(value, ensure_ascii=False, default=str)
-             if isinstance(value, list) else str(value))]
+    return [("", _shown(value, 2000))]
