@@ -7,9 +7,9 @@ class AgentsConfig(AppConfig):
 
     def ready(self) -> None:
         # The overview's and the 24 h trends' figures of agents and services.
-        from streams import services
+        from streams import operations
 
         from . import registry
 
-        services.TOTALS.append(registry.totals)
-        services.OVERVIEW_PARTS.append(registry.overview_part)
+        operations.TOTALS.append(registry.totals)
+        operations.OVERVIEW_PARTS.append(registry.overview_part)

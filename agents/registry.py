@@ -258,7 +258,7 @@ def store_event(event) -> None:
 
 
 def totals(snapshot: dict) -> dict:
-    """The agents' and services' bus-wide figures (registered with streams.services)."""
+    """The agents' and services' bus-wide figures (registered with streams.operations)."""
     agents = list((snapshot.get("agents") or {}).values())
     instances = list(instances_of(snapshot.get("services")).values())
     return {**{f"agents_{k}": sum(a["status"] == k for a in agents)

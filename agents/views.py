@@ -12,7 +12,7 @@ from rest_framework.decorators import api_view
 from rest_framework.response import Response
 
 from kernel.api import ERRORS
-from streams import services as stream_services
+from streams import operations as stream_ops
 
 from . import registry
 from .activity import STREAM
@@ -42,14 +42,14 @@ def recent_events(limit: int = 50) -> list[ServiceEvent]:
 def service_list(request):
     request.live_panel = {"panel": "services"}
     return render(request, "agents/services.html", {
-        **panel(stream_services.current_snapshot()), "events": recent_events(), "page": "services"})
+        **panel(stream_ops.current_snapshot()), "events": recent_events(), "page": "services"})
 
 
 @api_view(["GET"])
 def api_services(request):
-    snapshot = stream_services.current_snapshot()
+    snapshot = stream_ops.current_snapshot()
     if snapshot is None:
-        return Response({"error": stream_services.live_status()["error"]}, status=503)
+        return Response({"error": stream_ops.live_status()["error"]}, status=503)
     return Response([{
         "service": r["service"], "instance": r["instance"], "status": r["status"],
         "last_seen": r["last_seen"], "version": r["version"], "node": r["node"],
@@ -116,7 +116,7 @@ def hierarchy_panel(snapshot: dict | None) -> dict:
 def hierarchy(request):
     request.live_panel = {"panel": "hierarchy"}
     return render(request, "agents/hierarchy.html", {
-        **hierarchy_panel(stream_services.current_snapshot()), "page": "agents"})
+        **hierarchy_panel(stream_ops.current_snapshot()), "page": "agents"})
 
 
 # ------------------------------------------------------------------ agents
@@ -144,7 +144,7 @@ def agent_panel(snapshot: dict | None, name: str) -> dict:
 def agent_list(request):
     request.live_panel = {"panel": "agents"}
     return render(request, "agents/list.html", {
-        **agents_panel(stream_services.current_snapshot(), feed=True), "page": "agents"})
+        **agents_panel(stream_ops.current_snapshot(), feed=True), "page": "agents"})
 
 
 @require_GET
@@ -153,7 +153,7 @@ def agent_detail(request, name: str):
 
     from .activity import failure_series
 
-    data = agent_panel(stream_services.current_snapshot(), name)
+    data = agent_panel(stream_ops.current_snapshot(), name)
     if data["agent"] is None:
         raise Http404(f"No agent {name!r} on the bus (agents come from lucent.agents.<kind>.<task>).")
     range_ = request.GET.get("range", "1h")
@@ -180,7 +180,7 @@ API_AGENT_KEYS = ("name", "subject", "status", "msgs_per_s", "out_per_s", "acked
 
 @api_view(["GET"])
 def api_agents(request):
-    snapshot = stream_services.current_snapshot()
+    snapshot = stream_ops.current_snapshot()
     if snapshot is None:
-        return Response({"error": stream_services.live_status()["error"]}, status=503)
+        return Response({"error": stream_ops.live_status()["error"]}, status=503)
     return Response([{k: a[k] for k in API_AGENT_KEYS} for a in agents_panel(snapshot)["agents"]])

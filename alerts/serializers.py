@@ -6,7 +6,7 @@ from rest_framework import serializers
 
 from kernel.serializers import StrictSerializer, WholeNumberField
 
-from .service import MAX_SILENCE_MIN
+from .actions import MAX_SILENCE_MIN
 
 
 class SilenceSerializer(StrictSerializer):

@@ -14,7 +14,7 @@ from kernel.api import ERRORS, ID, PAGING, Page
 from kernel.roles import has_role
 from kernel.serializers import EmptySerializer, ErrorSerializer, check_request
 
-from . import service
+from . import actions
 from .models import Alert
 from .serializers import AlertActionSerializer, AlertPage, AlertRow, SilenceSerializer
 
@@ -23,7 +23,7 @@ from .serializers import AlertActionSerializer, AlertPage, AlertRow, SilenceSeri
 def alert_list(request):
     request.live_panel = {"panel": "alerts"}
     return render(request, "alerts/list.html", {
-        **service.panel(), **service.details(), "page": "alerts",
+        **actions.panel(), **actions.details(), "page": "alerts",
         "can_act": has_role(request.user, "operator")})
 
 
@@ -36,12 +36,12 @@ def alert_action(request, pk: str, action: str):
         raise Http404(f"No action {action!r} on alerts.")
     try:
         if action == "ack":
-            service.acknowledge(request.user, pk)
+            actions.acknowledge(request.user, pk)
         else:
-            service.silence(request.user, pk, request.POST.get("minutes", 60))
+            actions.silence(request.user, pk, request.POST.get("minutes", 60))
     except ActionError as exc:
         return render(request, "fragments/action_result.html", {"error": str(exc)}, status=exc.status)
-    return render(request, "fragments/alerts_panel.html", {**service.panel(), "can_act": True})
+    return render(request, "fragments/alerts_panel.html", {**actions.panel(), "can_act": True})
 
 
 def _row(a: Alert, silences: dict | None = None) -> dict:
@@ -63,7 +63,7 @@ def api_alerts(request):
         qs = qs.filter(state=request.GET["state"])
     paginator = Page()
     page = paginator.paginate_queryset(qs, request)
-    silences = service.active_silences()
+    silences = actions.active_silences()
     return paginator.get_paginated_response([_row(a, silences) for a in page])
 
 
@@ -79,10 +79,10 @@ def api_alert_action(request, pk: str, action: str):
     if action == "ack":
         check_request(request, EmptySerializer, action="alert.acknowledge",
                       target=f"alert {pk[:40]}", role="operator")
-        alert = service.acknowledge(request.user, pk)
+        alert = actions.acknowledge(request.user, pk)
     else:
         data = check_request(request, SilenceSerializer, action="alert.silence",
                              target=f"alert {pk[:40]}", role="operator")
-        service.silence(request.user, pk, data.get("minutes", 60))
-        alert = service._alert(pk)
+        actions.silence(request.user, pk, data.get("minutes", 60))
+        alert = actions._alert(pk)
     return Response(_row(alert))

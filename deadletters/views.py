@@ -11,7 +11,7 @@ from django.views.decorators.http import require_GET, require_POST
 from kernel.actions import ActionError
 from kernel.models import Job, Quarantined
 from lucent_bus import deadletters as dl
-from streams.services import current_snapshot
+from streams.operations import current_snapshot
 
 from . import plans, replay, search
 from .models import DeadLetter

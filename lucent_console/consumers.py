@@ -18,7 +18,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.template.loader import render_to_string
 from django.utils.html import format_html
 
-from streams import services
+from streams import operations
 from streams.live import relay
 
 
@@ -174,14 +174,14 @@ class LiveConsumer(AsyncWebsocketConsumer):
     def _alerts(self) -> str:
         """Rendered once for all the sockets that show the same list: per alert transition
         (the relay counts them) and at most every 2 s (acknowledge/silence change it too)."""
-        from alerts import service
+        from alerts import actions as alert_actions
 
         key = (relay.alerts_version, int(time.monotonic() / 2), self.panel, self.can_act)
         if key not in relay.alerts_cache:
             if self.panel == "overview":
-                html = _fragment("fragments/overview_alerts.html", **service.panel(history=0))
+                html = _fragment("fragments/overview_alerts.html", **alert_actions.panel(history=0))
             else:
-                html = _fragment("fragments/alerts_panel.html", **service.panel(),
+                html = _fragment("fragments/alerts_panel.html", **alert_actions.panel(),
                                  can_act=self.can_act)
             relay.alerts_cache = {k: v for k, v in relay.alerts_cache.items() if k[:2] == key[:2]}
             relay.alerts_cache[key] = html
@@ -191,8 +191,8 @@ class LiveConsumer(AsyncWebsocketConsumer):
         if changed.get("event") and not full:
             return []
         return [relay.render_once(("overview",), lambda: _fragment(
-            "fragments/overview_panel.html", ov=services.overview(snapshot),
-            findings=services.lint_findings(snapshot)))]
+            "fragments/overview_panel.html", ov=operations.overview(snapshot),
+            findings=operations.lint_findings(snapshot)))]
 
     def panel_streams(self, snapshot, changed, full):
         try:
@@ -201,7 +201,7 @@ class LiveConsumer(AsyncWebsocketConsumer):
             page = 1
         args = (self.params.get("q", ""), self.params.get("sort", "name"),
                 self.params.get("desc") in ("1", "True"), page)
-        listing = relay.render_once(("listing",) + args, lambda: services.stream_page(
+        listing = relay.render_once(("listing",) + args, lambda: operations.stream_page(
             snapshot, *args))
         if full or listing["names"] != self.sent_names:
             self.sent_names = listing["names"]
@@ -231,7 +231,7 @@ class LiveConsumer(AsyncWebsocketConsumer):
         touched = [k for k in changed.get("consumers", []) if k.startswith(prefix)]
         if full or (changed.get("membership") and touched):
             out.append(relay.render_once(("consumers-body", name), lambda: _fragment(
-                "fragments/consumers_body.html", consumers=services.consumers_of(snapshot, name))))
+                "fragments/consumers_body.html", consumers=operations.consumers_of(snapshot, name))))
         else:
             for key in touched:
                 consumer = snapshot["consumers"].get(key)

@@ -7,12 +7,12 @@ def console(request):
     user = getattr(request, "user", None)
     if user is None or not user.is_authenticated:
         return {"role": None}
-    from streams import services
+    from streams import operations
 
-    services.current_snapshot()
+    operations.current_snapshot()
     return {
         "role": role_of(user),
-        "live": services.live_status(),
+        "live": operations.live_status(),
         # What the page's websocket should keep live (set by the view).
         "live_query": urlencode(getattr(request, "live_panel", {"panel": "status"})),
     }

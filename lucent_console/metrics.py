@@ -16,7 +16,7 @@ from django.http import HttpResponse
 from django.views.decorators.http import require_GET
 
 from agents.registry import instances_of, untracked_of
-from streams import services
+from streams import operations
 
 STREAM_GAUGES = [
     ("jetstream_stream_messages", "messages", "Messages stored in the stream"),
@@ -232,7 +232,7 @@ def metrics(request):
     if not _allowed(request):
         return HttpResponse("forbidden: set LUCENT_METRICS_TOKEN and send it as a bearer token\n",
                             status=403, content_type="text/plain")
-    snapshot = services.current_snapshot()
-    body = (render(snapshot, services.live_status())
+    snapshot = operations.current_snapshot()
+    body = (render(snapshot, operations.live_status())
             + "\n".join(_database() + _trace_index(snapshot) + _quarantined()) + "\n")
     return HttpResponse(body, content_type="text/plain; version=0.0.4; charset=utf-8")

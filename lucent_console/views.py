@@ -6,7 +6,7 @@ from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
 from kernel.models import AuditRecord
-from streams import services as stream_services
+from streams import operations as stream_ops
 
 from .status import health
 
@@ -20,15 +20,15 @@ async def healthz(request):
 
 @require_GET
 def overview(request):
-    snapshot = stream_services.current_snapshot()
+    snapshot = stream_ops.current_snapshot()
     request.live_panel = {"panel": "overview"}
-    from alerts import service as alerts
+    from alerts import actions as alerts
     from streams import history
 
     return render(request, "overview.html", {
-        "ov": stream_services.overview(snapshot), **alerts.panel(history=0),
+        "ov": stream_ops.overview(snapshot), **alerts.panel(history=0),
         "trends": cache.get_or_set("overview-trends", history.trends, 60),
-        "findings": stream_services.lint_findings(snapshot), "page": "overview"})
+        "findings": stream_ops.lint_findings(snapshot), "page": "overview"})
 
 
 @require_GET

@@ -11,7 +11,7 @@ from kernel.actions import ActionError
 from kernel.api import ERRORS, PAGING, READ_ERRORS, SEQ, Page
 from kernel.serializers import EmptySerializer, JobOrDryRun, check_request
 
-from . import services
+from . import operations
 from .replay import start_stream_replay
 from .serializers import (
     ConsumerRow,
@@ -43,9 +43,9 @@ def _error(exc: ActionError) -> Response:
 
 
 def _snapshot_or_503():
-    snapshot = services.current_snapshot()
+    snapshot = operations.current_snapshot()
     if snapshot is None:
-        return None, Response({"error": services.live_status()["error"]},
+        return None, Response({"error": operations.live_status()["error"]},
                               status=status.HTTP_503_SERVICE_UNAVAILABLE)
     return snapshot, None
 
@@ -71,12 +71,12 @@ def stream_detail(request, name: str):
     if error:
         return error
     try:
-        stream = services.get_stream(snapshot, name)
+        stream = operations.get_stream(snapshot, name)
     except ActionError as exc:
         return _error(exc)
     return Response({**_pick(stream, STREAM_KEYS), "cluster": stream["cluster"],
                      "consumers": [_pick(c, CONSUMER_KEYS)
-                                   for c in services.consumers_of(snapshot, name)],
+                                   for c in operations.consumers_of(snapshot, name)],
                      "snapshot_at": snapshot.get("at"), "ok": snapshot.get("ok")})
 
 
@@ -88,10 +88,10 @@ def consumer_list(request, name: str):
     if error:
         return error
     try:
-        services.get_stream(snapshot, name)
+        operations.get_stream(snapshot, name)
     except ActionError as exc:
         return _error(exc)
-    return Response([_pick(c, CONSUMER_KEYS) for c in services.consumers_of(snapshot, name)])
+    return Response([_pick(c, CONSUMER_KEYS) for c in operations.consumers_of(snapshot, name)])
 
 
 @extend_schema(operation_id="stream_purge", request=PurgeSerializer,
@@ -101,7 +101,7 @@ def purge(request, name: str):
     """Admin: purge by subject, keep N, below a sequence, or everything with {"all": true}."""
     data = check_request(request, PurgeSerializer, action="stream.purge", target=name,
                          role="admin")
-    purged = services.purge(request.user, name, data.get("subject"), data.get("keep"),
+    purged = operations.purge(request.user, name, data.get("subject"), data.get("keep"),
                             data.get("seq"), everything=bool(data.get("all")))
     return Response({"purged": purged, "stream": name})
 
@@ -112,7 +112,7 @@ def purge(request, name: str):
 def delete_message(request, name: str, seq: str):
     check_request(request, EmptySerializer, action="stream.delete_message", target=name,
                   role="admin")
-    services.delete_message(request.user, name, seq)
+    operations.delete_message(request.user, name, seq)
     return Response({"deleted": int(seq), "stream": name})
 
 

@@ -38,7 +38,7 @@ def sample(snapshot: dict | None) -> bool:
                     pending=c["num_pending"], ack_pending=c["num_ack_pending"],
                     redelivered=c["num_redelivered"])
              for key, c in snapshot["consumers"].items()]
-    from .services import totals
+    from .operations import totals
 
     figures = totals(snapshot)
     rows += [Sample(kind=Sample.TOTAL, key=key, resolution=RAW, at=at, rate=figures[key])

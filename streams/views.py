@@ -11,7 +11,7 @@ from kernel.actions import ActionError, Refused
 from kernel.models import Job
 from kernel.roles import has_role
 
-from . import browser, history, services
+from . import browser, history, operations
 from .models import Sample
 from .replay import start_stream_replay
 
@@ -28,17 +28,17 @@ def _listing_args(params) -> dict:
 @require_GET
 def stream_list(request):
     args = _listing_args(request.GET)
-    listing = services.stream_page(services.current_snapshot(), **args)
+    listing = operations.stream_page(operations.current_snapshot(), **args)
     request.live_panel = {"panel": "streams", **{k: v for k, v in args.items()}}
     return render(request, "streams/list.html", {
-        "listing": listing, "page": "streams", "spark": services.relay.history})
+        "listing": listing, "page": "streams", "spark": operations.relay.history})
 
 
 @require_GET
 def stream_detail(request, name: str):
-    snapshot = services.current_snapshot()
+    snapshot = operations.current_snapshot()
     try:
-        stream = services.get_stream(snapshot, name)
+        stream = operations.get_stream(snapshot, name)
     except ActionError as exc:
         raise Http404(str(exc)) from None
     range_ = request.GET.get("range", "1h")
@@ -46,8 +46,8 @@ def stream_detail(request, name: str):
         range_ = "1h"
     request.live_panel = {"panel": "stream", "name": name}
     return render(request, "streams/detail.html", {
-        "s": stream, "page": "streams", "consumers": services.consumers_of(snapshot, name),
-        "top": services.top_subjects(stream), "ranges": list(history.RANGES), "range": range_,
+        "s": stream, "page": "streams", "consumers": operations.consumers_of(snapshot, name),
+        "top": operations.top_subjects(stream), "ranges": list(history.RANGES), "range": range_,
         "chart": history.chart(history.series(Sample.STREAM, name, range_), history.STREAM_CHARTS),
         "live_chart": range_ in ("15m", "1h"),
     })
@@ -57,7 +57,7 @@ def stream_detail(request, name: str):
 def stream_messages(request, name: str):
     ctx: dict = {}
     try:
-        stream = services.get_stream(services.current_snapshot(), name)
+        stream = operations.get_stream(operations.current_snapshot(), name)
         result = browser.browse(stream, request.GET.get("seq"), request.GET.get("time"),
                                  request.GET.get("subject"), request.GET.get("count", 20))
         ctx.update(result, name=name)
@@ -79,7 +79,7 @@ def stream_message(request, name: str, seq: str):
     from django.conf import settings
 
     try:
-        stream = services.get_stream(services.current_snapshot(), name)
+        stream = operations.get_stream(operations.current_snapshot(), name)
         m = browser.message(stream, seq)
     except ActionError as exc:
         if exc.status == 404:
@@ -94,7 +94,7 @@ def stream_message(request, name: str, seq: str):
 def stream_message_raw(request, name: str, seq: str):
     """The stored payload as it is, as a download (never rendered by the browser)."""
     try:
-        stream = services.get_stream(services.current_snapshot(), name)
+        stream = operations.get_stream(operations.current_snapshot(), name)
         msg = browser.raw_message(stream, seq)
     except ActionError as exc:
         if exc.status == 404:
@@ -120,9 +120,9 @@ def purge_preview(request, name: str):
     try:
         if not has_role(request.user, "admin"):
             raise Refused("purging needs the admin role")
-        params = services.purge_params(data.get("subject"), data.get("keep"), data.get("seq"))
-        stream = services.get_stream(services.current_snapshot(), name)
-        preview = services.purge_preview(stream, params)
+        params = operations.purge_params(data.get("subject"), data.get("keep"), data.get("seq"))
+        stream = operations.get_stream(operations.current_snapshot(), name)
+        preview = operations.purge_preview(stream, params)
     except ActionError as exc:
         return _error(request, exc)
     return render(request, "fragments/confirm.html", {
@@ -136,7 +136,7 @@ def purge(request, name: str):
     try:
         if data.get("confirm") != name:
             raise ActionError("not confirmed: the confirmation must name the stream")
-        purged = services.purge(request.user, name, data.get("subject"), data.get("keep"),
+        purged = operations.purge(request.user, name, data.get("subject"), data.get("keep"),
                                 data.get("seq"))
     except ActionError as exc:
         return _error(request, exc)
@@ -149,10 +149,10 @@ def delete_preview(request, name: str):
     try:
         if not has_role(request.user, "admin"):
             raise Refused("deleting messages needs the admin role")
-        seq = services.purge_params(seq=request.POST.get("seq")).get("seq")
+        seq = operations.purge_params(seq=request.POST.get("seq")).get("seq")
         if seq is None:
             raise ActionError("a sequence is required")
-        services.get_stream(services.current_snapshot(), name)
+        operations.get_stream(operations.current_snapshot(), name)
     except ActionError as exc:
         return _error(request, exc)
     return render(request, "fragments/confirm.html", {
@@ -165,7 +165,7 @@ def delete_message(request, name: str):
     try:
         if request.POST.get("confirm") != name:
             raise ActionError("not confirmed: the confirmation must name the stream")
-        services.delete_message(request.user, name, request.POST.get("seq"))
+        operations.delete_message(request.user, name, request.POST.get("seq"))
     except ActionError as exc:
         return _error(request, exc)
     return render(request, "fragments/action_result.html",
