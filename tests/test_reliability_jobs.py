@@ -115,7 +115,7 @@ async def test_a_killed_worker_is_resumed_and_each_letter_arrives_once_past_the_
     env = {**os.environ, "DATABASE_URL": f"sqlite:///{db}", "LUCENT_JOB_LEASE_S": "2",
            "DJANGO_SETTINGS_MODULE": "lucent_console.settings"}
     worker = subprocess.Popen(
-        [sys.executable, "-c", "import django; django.setup(); from lucent_console import jobs; "
+        [sys.executable, "-c", "import django; django.setup(); from kernel import jobs; "
          f"jobs.run_job({job.pk})"], cwd=ROOT, env=env,
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
