@@ -18,6 +18,13 @@ services going silent), one grouped alert for the rule (subject ``GROUP_SUBJECT`
 of the rule already firing stay as they are. A service alert whose instance the
 registry forgot (silent for ``LUCENT_SERVICE_FORGET_S``) resolves without being
 judged: ``Evaluator.forgotten`` names those, and the engine tells nobody.
+
+Hysteresis: a figure that hovers at a threshold (the demo's ~10 dead letters a minute
+against a limit of 10) would fire and resolve on every other sweep, notifying each
+time. So a firing alert of a threshold rule resolves only once its figure has fallen
+clearly below the threshold, to ``clear_limit`` (``CLEAR``: half of a rate, 80% of a
+count, 5 points of a usage percentage), while firing still needs the rule's ``for_s``
+above the threshold itself.
 """
 
 from __future__ import annotations
@@ -38,6 +45,9 @@ SERVICE_KINDS = {Rule.SERVICE_STALE, Rule.SERVICE_DOWN}
 # judged over time: stalled after 30 s idle (streams.snapshot.STALL_AFTER_S), agents
 # stuck or failing over minutes, dead letters counted over a minute.
 WARMUP_S = {Rule.CONSUMER_STALLED: 35.0, Rule.AGENT: 60.0, Rule.DEADLETTER_RATE: 65.0}
+# Per threshold kind: the level a firing alert's figure must fall to before it resolves.
+CLEAR = {Rule.CONSUMER_PENDING: lambda t: t * 0.8, Rule.ACK_PENDING_NEAR_MAX: lambda t: t - 0.1,
+         Rule.DEADLETTER_RATE: lambda t: t * 0.5, Rule.STREAM_USAGE: lambda t: t - 5}
 GROUP_SUBJECT = "(grouped)"  # no stream, consumer, agent or service/instance is named so
 GROUP_AT = 20
 GROUP_LISTED = 5
@@ -92,10 +102,15 @@ CONSUMER_TESTS = {
 }
 
 
-def _stream(rule: Rule, s: dict) -> tuple[str, float | None] | None:
+def clear_limit(kind: str, limit: float) -> float:
+    """The level below which a firing alert of a threshold rule of ``kind`` resolves."""
+    return CLEAR[kind](limit) if kind in CLEAR else limit
+
+
+def _stream(rule: Rule, s: dict, firing: bool = False) -> tuple[str, float | None] | None:
     if rule.kind == Rule.STREAM_USAGE:
         limit = rule.threshold if rule.threshold is not None else 80
-        if s["usage_pct"] >= limit:
+        if s["usage_pct"] >= (clear_limit(rule.kind, limit) if firing else limit):
             return f"at {s['usage_pct']:.0f}% of max_msgs or max_bytes (limit {limit:.0f}%)", s["usage_pct"]
     elif rule.kind == Rule.INTEREST_NO_CONSUMERS:
         if s["retention"] == "interest" and s["consumer_count"] == 0:
@@ -109,7 +124,9 @@ def _stream(rule: Rule, s: dict) -> tuple[str, float | None] | None:
     return None
 
 
-def conditions(snapshot: dict, rules: list[Rule]) -> dict[str, Condition]:
+def conditions(snapshot: dict, rules: list[Rule], firing=()) -> dict[str, Condition]:
+    """What holds in ``snapshot``; the keys in ``firing`` are judged against their
+    rule's ``clear_limit`` (hysteresis), the others against the threshold."""
     out: dict[str, Condition] = {}
 
     def add(rule: Rule, subject: str, found, link: str) -> None:
@@ -131,19 +148,24 @@ def conditions(snapshot: dict, rules: list[Rule]) -> dict[str, Condition]:
         default, holds, say = CONSUMER_TESTS[rule.kind]
         limit = rule.threshold if rule.threshold is not None else default
         everything = rule.target in ("", "*")
+        clear = clear_limit(rule.kind, limit) if limit is not None else None
         for key, c in consumers.items():
-            if holds(c, limit) and (everything or rule.matches(key)):
+            # The cheap test first; the lower level only for the few alerts firing.
+            if ((holds(c, limit) or (firing and clear != limit and f"{rule.name}:{key}" in firing
+                                     and holds(c, clear)))
+                    and (everything or rule.matches(key))):
                 add(rule, key, say(c, limit), _stream_link(c["stream"]))
     stream_rules = [r for r in active if r.kind in STREAM_KINDS]
     for name, s in snapshot.get("streams", {}).items():
         for rule in stream_rules:
-            found = _stream(rule, s)
+            found = _stream(rule, s, f"{rule.name}:{name}" in firing)
             if found is not None and rule.matches(name):
                 add(rule, name, found, _stream_link(name))
     per_min = snapshot.get("deadletters_1m") or 0  # counted by the collector
     for rule in by_kind.get(Rule.DEADLETTER_RATE, []):
         limit = rule.threshold if rule.threshold is not None else 10
-        if per_min > limit:
+        firing_now = f"{rule.name}:{DEAD_LETTERS}" in firing
+        if per_min > (clear_limit(rule.kind, limit) if firing_now else limit):
             add(rule, DEAD_LETTERS, (f"{per_min:,} dead letters in the last minute (over {limit:,.0f})",
                                      per_min), "/deadletters/")
     for name, a in (snapshot.get("agents") or {}).items():
@@ -192,7 +214,7 @@ class Evaluator:
              ) -> tuple[list[Condition], list[str]]:
         """(conditions to fire now, keys of firing alerts to resolve)."""
         now = time.time() if now is None else now
-        held = conditions(snapshot, rules)
+        held = conditions(snapshot, rules, self.firing)
         ok, bus = bool(snapshot.get("ok")), _bus_prefixes(rules)
         by_name = {r.name: r for r in rules if r.enabled}
 
