@@ -20,6 +20,10 @@ from .models import DeadLetter
 FILTERS = ("stream", "consumer", "subject", "message_type", "correlation_id", "reason", "status",
            "since", "until", "q")
 
+# A selection of rows (the list's checkboxes) travels as ``ids``: bounded, so a posted
+# selection cannot turn into a query of unbounded size.
+MAX_IDS = 1000
+
 
 
 def _nats_pattern_to_regex(pattern: str) -> str:
@@ -53,12 +57,46 @@ def clean_filters(params) -> dict:
         if key in ("since", "until"):
             times.parse(value, key)
         out[key] = value
+    ids = _clean_ids(params)
+    if ids:
+        out["ids"] = ids
     return out
+
+
+def _clean_ids(params) -> list[int]:
+    """The ``ids`` filter: repeated fields (a form's checkboxes), a list (JSON, a job's
+    frozen filters) or comma-separated text; each a positive integer, sorted, unique."""
+    if hasattr(params, "getlist"):
+        raw = params.getlist("ids")
+    else:
+        raw = params.get("ids")
+        raw = [] if raw in (None, "") else raw if isinstance(raw, (list, tuple)) else [raw]
+    values = []
+    for item in raw:
+        values.extend(str(item).split(",") if isinstance(item, str) else [item])
+    out = set()
+    for value in values:
+        if isinstance(value, str):
+            value = value.strip()
+            if not value:
+                continue
+        # bool is an int to Python, never an id.
+        if isinstance(value, bool) or not (isinstance(value, int) or (
+                isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 18)):
+            raise ActionError(f"ids must be dead-letter ids (whole numbers), not {str(value)[:20]!r}")
+        if int(value) < 1:
+            raise ActionError("ids must be dead-letter ids (whole numbers above 0)")
+        out.add(int(value))
+    if len(out) > MAX_IDS:
+        raise ActionError(f"ids: at most {MAX_IDS} at once, not {len(out)}")
+    return sorted(out)
 
 
 
 def filtered(filters: dict):
     qs = DeadLetter.objects.all()
+    if filters.get("ids"):
+        qs = qs.filter(pk__in=filters["ids"])
     for key in ("stream", "consumer", "message_type", "correlation_id", "reason"):
         if filters.get(key):
             qs = qs.filter(**{key: filters[key]})

@@ -16,6 +16,7 @@ from kernel.serializers import (
 )
 
 from .models import DeadLetter
+from .search import MAX_IDS
 
 MAX_RATE = 1e9  # messages per second: far beyond any bus, short of float trouble
 
@@ -45,13 +46,16 @@ class DeadLetterFilterSerializer(StrictSerializer):
     since = optional(TimeTextField, allow_blank=True, max_length=64)
     until = optional(TimeTextField, allow_blank=True, max_length=64)
     q = optional_text(help_text="text search")
+    ids = optional(serializers.ListField, child=serializers.IntegerField(min_value=1),
+                   allow_empty=False, max_length=MAX_IDS,
+                   help_text="exactly these dead letters (a selection), by id")
     all = optional(StrictBooleanField, help_text="every dead letter (instead of filters)")
     dry_run = optional(StrictBooleanField, help_text="count, change nothing; returns a plan")
     plan = optional(TextField, max_length=MAX_PLAN,
                      help_text="the plan of a dry run: act on exactly what it counted")
 
     FILTER_KEYS = ("stream", "consumer", "subject_filter", "message_type", "correlation_id",
-                   "reason", "status", "since", "until", "q")
+                   "reason", "status", "since", "until", "q", "ids")
 
     def validate(self, data: dict) -> dict:
         filtered = any(k in data for k in self.FILTER_KEYS)
