@@ -8,7 +8,7 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework.decorators import api_view
 from rest_framework.response import Response
 
-from kernel.actions import NotFound
+from kernel.actions import NotFound, audited
 from kernel.api import ERRORS, ID, PAGING, READ_ERRORS, Page
 from kernel.models import Job
 from kernel.serializers import EmptySerializer, JobOrDryRun, JobRow, check_request
@@ -105,8 +105,9 @@ def _bulk(request, kind: str, serializer: type[DeadLetterFilterSerializer]):
     filters = serializer.filters(data)
     target = data.get("subject") if kind == "replay" else None
     if data.get("dry_run"):
-        plans.require_operator(request.user)
-        preview = plans.dry_run(search.clean_filters(filters), target)
+        with audited(request.user, f"{action}.dry_run", "DEAD_LETTERS", data, "operator") as outcome:
+            preview = plans.dry_run(search.clean_filters(filters), target)
+            outcome.detail = f"dry run: {preview['matched']} matched"
         return Response({"dry_run": True, **preview})
     return Response(plans.start_job(request.user, kind, filters, target, data.get("rate"),
                                   bool(data.get("remove_original")), data.get("plan"),

@@ -8,7 +8,7 @@ from django.http import JsonResponse
 from django.shortcuts import render
 from django.utils.deprecation import MiddlewareMixin
 
-from .roles import has_role
+from .roles import audit_refusal, has_role
 
 # Paths a logged-in user in no group still reaches: logging in and out, the probes
 # (their own access rules: /metrics has its token, /healthz is open), static files, and
@@ -46,7 +46,10 @@ class RoleRequiredMiddleware(MiddlewareMixin):
 
 
 def refusal(request, role: str):
-    """403 for a logged-in user without ``role``: JSON for the API, a page otherwise."""
+    """403 for a logged-in user without ``role``: JSON for the API, a page otherwise.
+    An attempt to act (not a read) is audited."""
+    if request.method not in ("GET", "HEAD", "OPTIONS"):
+        audit_refusal(request, f"This needs the {role} role.")
     message = f"This needs the {role} role; your account has no role. Ask an admin to add it."
     if request.path_info.startswith("/api/"):
         return JsonResponse({"detail": message}, status=403)

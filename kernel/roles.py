@@ -34,7 +34,11 @@ def HasRole(role: str) -> type:  # noqa: N802 - used like a class: HasRole("view
         message = f"This needs the {role} role."
 
         def has_permission(self, request, view) -> bool:
-            return has_role(request.user, role)
+            if has_role(request.user, role):
+                return True
+            if request.method not in ("GET", "HEAD", "OPTIONS") and request.user.is_authenticated:
+                audit_refusal(request, self.message)  # an attempt to act: audited too
+            return False
 
     _HasRole.__name__ = _HasRole.__qualname__ = f"HasRole_{role}"
     return _HasRole
@@ -44,3 +48,17 @@ def HasRole(role: str) -> type:  # noqa: N802 - used like a class: HasRole("view
 # of a user in no group reads nothing. Actions check their own, higher, role in the
 # service layer (kernel.actions.audited).
 IsViewer = HasRole("viewer")
+
+
+def audit_refusal(request, why: str) -> None:
+    """A logged-in user without the role tried an action (the API's permission, the pages'
+    middleware): refused before any service function ran, and recorded like the
+    refusals those write."""
+    # Imported here: this module is loaded by settings-time code (the DRF permission
+    # setting, the middleware) before the app registry can give models.
+    from .models import AuditRecord
+
+    AuditRecord.objects.create(user=request.user, username=request.user.get_username(),
+                               action=f"api.{request.method.lower()}",
+                               target=request.path[:512], parameters={}, outcome="refused",
+                               detail=why)
