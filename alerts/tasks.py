@@ -3,7 +3,8 @@ from celery import shared_task
 from . import notify
 
 
-@shared_task(bind=True, max_retries=notify.MAX_ATTEMPTS + 2, acks_late=True)
+@shared_task(name="alerts.tasks.deliver_notification", bind=True,
+             max_retries=notify.MAX_ATTEMPTS + 2, acks_late=True)
 def deliver_notification(self, pk: int) -> None:
     """One attempt; the next after a backoff (also when the database was busy)."""
     try:
