@@ -15,7 +15,9 @@ Built on the ADR's patterns and the envelope module:
 - edge nodes publish hierarchy events that a propagator rolls up
   node -> cluster -> site -> global (HIERARCHY is a work queue);
 - every service sends heartbeats on ``lucent.services.<service>.health`` and now
-  and then an alert or a config update.
+  and then an alert or a config update, and answers a ping on
+  ``lucent.services.<service>.ping`` (the console's probe) with a small reply,
+  doing nothing else: no stream stores it, no order, no job.
 """
 
 from __future__ import annotations
@@ -106,6 +108,7 @@ class Demo:
                                 cb=self.trading_service)
         await self.nc.subscribe("lucent.commands.portfolio.rebalance", "portfolio-service",
                                 cb=self.portfolio_service)
+        await self.answer_pings()
         running = [asyncio.create_task(t) for t in tasks]
         try:
             await self.stop.wait()
@@ -194,6 +197,19 @@ class Demo:
             "RebalanceResult", msg.reply or "", {"status": "accepted"},
             sender=sender("portfolio-service"), correlation_id=command.correlation_id,
             causation_id=command.message_id)))
+
+    async def answer_pings(self) -> None:
+        """Each service answers ``lucent.services.<service>.ping`` (agents.probe's
+        default); a queue group, so several demo processes answer a ping once."""
+        for service in SERVICES:
+            async def pong(msg, service=service) -> None:
+                ping = envelope.decode(msg.data, msg.headers)
+                await msg.respond(envelope.encode(envelope.make(
+                    "PingReply", msg.reply or "", {"pong": True, "service": service,
+                                                   "version": VERSION},
+                    sender=sender(service), correlation_id=ping.correlation_id,
+                    causation_id=ping.message_id)))
+            await self.nc.subscribe(f"lucent.services.{service}.ping", service, cb=pong)
 
     async def publish(self, env: dict) -> None:
         await self.js.publish(env["subject"], envelope.encode(env),

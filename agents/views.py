@@ -78,18 +78,33 @@ def api_probe(request):
 
 @require_http_methods(["GET", "POST"])
 def probe_form(request):
-    """GET: the form, pre-filled with a valid envelope; POST (htmx): run it, show the result."""
+    """GET: the form, set to ping a service. POST (htmx) in two steps: first the
+    confirmation, naming subject x count and the streams that would store the requests;
+    then, posted again with that confirmation, the run and its result. (The API needs no
+    confirmation: a script has said what it sends.)"""
     from kernel.actions import ActionError
 
-    from .probe import DEFAULT_SUBJECT, default_payload, probe
+    from . import probe as probing
 
-    subject = request.POST.get("subject") or request.GET.get("subject") or DEFAULT_SUBJECT
+    subject = request.POST.get("subject") or request.GET.get("subject") or probing.DEFAULT_SUBJECT
     if request.method == "GET":
-        return render(request, "fragments/probe.html",
-                      {"subject": subject, "payload": default_payload(subject)})
+        services = sorted({r["service"] for r in instances(stream_ops.current_snapshot())})
+        return render(request, "fragments/probe.html", {
+            "subject": subject,
+            "pings": [probing.ping_subject(s) for s in services] or [probing.DEFAULT_SUBJECT]})
+    payload, count, timeout = (request.POST.get("payload"), request.POST.get("count", 1),
+                               request.POST.get("timeout", 2.0))
     try:
-        result = probe(request.user, subject, request.POST.get("payload"),
-                       request.POST.get("count", 1), request.POST.get("timeout", 2.0))
+        subject, body, count, timeout = probing.review(request.user, subject, payload, count, timeout)
+        asked = probing.confirmation(subject, count)
+        if request.POST.get("confirm") != asked:
+            # Also when the fields changed since: what was confirmed is what is sent.
+            return render(request, "fragments/probe_confirm.html", {
+                "subject": subject, "count": count, "timeout": timeout, "asked": asked,
+                "payload": payload or "", "typed": bool(payload), "bytes": len(body),
+                "ping": probing.is_ping(subject),
+                "stored_by": probing.stored_by(subject, stream_ops.current_snapshot())})
+        result = probing.probe(request.user, subject, payload, count, timeout)
     except ActionError as exc:
         return render(request, "fragments/action_result.html", {"error": str(exc)}, status=exc.status)
     return render(request, "fragments/probe_result.html", {"r": result})

@@ -1,15 +1,17 @@
-"""The command probe: replies and round trips, no responders, timeouts, roles."""
+"""The command probe: replies and round trips, no responders, timeouts, roles; safe by
+default (a ping no stream stores) and confirmed on the page (issue 14)."""
 
 import asyncio
 import threading
 
 import pytest
 
-from agents import demo
+from agents import demo, probe
 from kernel.models import AuditRecord
+from lucent_bus import jetstream as js
 from streams import topology
 
-from .conftest import bus
+from .conftest import bus, run
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -27,6 +29,7 @@ def trading(fresh_server, monkeypatch):
         await topology.apply(nc)
         d = demo.Demo(nc)
         await nc.subscribe("lucent.commands.trading.execute", "trading", cb=d.trading_service)
+        await d.answer_pings()
 
         async def mute(msg):
             return None  # receives, never answers
@@ -64,7 +67,8 @@ def test_no_responders_and_timeouts_are_said_clearly(client, users, trading):
     mute = client.post("/api/v1/probe/", {"subject": "lucent.commands.mute.execute", "count": 2,
                                           "timeout": 0.2}, content_type="application/json").json()
     assert (mute["ok"], mute["timeouts"]) == (0, 2)
-    page = client.post("/services/probe/", {"subject": "lucent.nobody.home", "count": "1"})
+    page = client.post("/services/probe/", {"subject": "lucent.nobody.home", "count": "1",
+                                            "confirm": "lucent.nobody.home × 1"})
     assert "No responders: nothing serves lucent.nobody.home" in page.content.decode()
     bad = client.post("/api/v1/probe/", {"subject": "lucent.*", "count": 1},
                       content_type="application/json")
@@ -80,8 +84,64 @@ def test_viewers_get_403_on_the_probe(client, users, trading):
     assert AuditRecord.objects.filter(action="probe", outcome="refused").count() == 2
 
 
-def test_the_form_is_pre_filled_with_a_valid_envelope(client, users, trading):
+def stored_counts(url: str) -> dict[str, int]:
+    async def go():
+        nc = await bus(url)
+        try:
+            return {s["config"]["name"]: s["state"]["messages"] for s in await js.list_streams(nc)}
+        finally:
+            await nc.close()
+
+    return run(go())
+
+
+def test_the_default_probe_pings_the_demo_services_and_stores_nothing(
+        client, users, trading, fresh_server):
+    assert probe.DEFAULT_SUBJECT == "lucent.services.trading-service.ping"
+    assert probe.stored_by(probe.DEFAULT_SUBJECT) == []  # no declared stream stores it
+    before = stored_counts(fresh_server.url)
+    assert "COMMANDS" in before
     client.force_login(users["operator"])
+    r = client.post("/api/v1/probe/", {"subject": probe.DEFAULT_SUBJECT, "count": 5},
+                    content_type="application/json")  # no payload, no confirmation: the API
+    body = r.json()
+    assert r.status_code == 200 and body["ok"] == 5 and body["errors"] == 0
+    assert body["replies"][0]["message_type"] == "PingReply"
+    assert stored_counts(fresh_server.url) == before  # no order, no job, no stored request
+
+
+def test_the_form_pings_by_default_and_a_business_payload_must_be_typed(client, users, trading):
+    client.force_login(users["operator"])
+    form = client.get("/services/probe/").content.decode()
+    assert 'value="lucent.services.trading-service.ping"' in form
+    assert "ExecuteTradeCommand" not in form and "execute_trade" not in form
     form = client.get("/services/probe/?subject=lucent.commands.trading.execute").content.decode()
-    assert "execute_trade" in form and "messageId" in form
+    assert "ExecuteTradeCommand" not in form and "execute_trade" not in form
     assert client.put("/services/probe/").status_code == 405
+
+
+def test_the_pages_probe_sends_only_once_subject_x_count_is_confirmed(
+        client, users, trading, fresh_server):
+    client.force_login(users["operator"])
+    before = stored_counts(fresh_server.url)
+    fields = {"subject": "lucent.commands.trading.execute", "count": "3", "timeout": "2",
+              "payload": '{"kind": "typed by hand"}'}
+    ask = client.post("/services/probe/", fields).content.decode()
+    assert "Send 3 × <code>lucent.commands.trading.execute</code>?" in ask
+    assert 'name="confirm" value="lucent.commands.trading.execute × 3"' in ask
+    assert "COMMANDS" in ask and "your payload" in ask  # stored by a stream, and typed
+    assert stored_counts(fresh_server.url) == before  # the first step sends nothing
+    assert not AuditRecord.objects.filter(action="probe").exists()
+    # A confirmation of another count (the form changed since) asks again.
+    again = client.post("/services/probe/", {**fields, "count": "4",
+                                             "confirm": "lucent.commands.trading.execute × 3"})
+    assert "Send 4 ×" in again.content.decode() and stored_counts(fresh_server.url) == before
+    done = client.post("/services/probe/", {**fields,
+                                            "confirm": "lucent.commands.trading.execute × 3"})
+    assert "3 / 3" in done.content.decode()
+    assert stored_counts(fresh_server.url)["COMMANDS"] == before["COMMANDS"] + 3
+    assert AuditRecord.objects.get(action="probe").outcome == "ok"
+    # The bus's own subjects stay refused, confirmed or not.
+    own = client.post("/services/probe/", {"subject": "$JS.API.STREAM.LIST", "count": "1",
+                                           "confirm": "$JS.API.STREAM.LIST × 1"})
+    assert own.status_code == 400
