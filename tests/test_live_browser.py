@@ -143,6 +143,7 @@ def test_a_dead_letter_appears_live_renders_as_text_and_replays(page, console, b
     assert xss in page.locator("#headers").inner_text()
     assert page.locator("img[src=x]").count() == 0
     page.click("#replay-button")
+    page.click("#replay-confirm")  # a replay names where it goes and asks first
     page.wait_for_selector("#dl-status:has-text('replayed')", timeout=10000)
     assert "Replayed to xssq.job" in page.locator("#dl-actions").inner_text()
     assert dialogs == []
