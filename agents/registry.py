@@ -246,6 +246,27 @@ def event_from(subject: str, data: bytes, headers: dict | None = None):
                         payload=body)
 
 
+def collapse(events, limit: int = 50) -> list:
+    """The feed's lines, each shown once: an event that says what a newer one already
+    says (same kind, service, severity and message; a console alert firing and resolving
+    on every other sweep said "11 dead letters in the last minute" 30 times) folds into
+    the newest, which carries ``repeats`` (how many) and ``first_at`` (the oldest).
+    Newest first, at most ``limit`` lines."""
+    lines: dict[tuple, Any] = {}
+    for e in events:  # newest first
+        key = (e.kind, e.service, e.severity, e.message)
+        line = lines.get(key)
+        if line is None:
+            if len(lines) >= limit:
+                continue  # a repeat of a line shown may still come
+            e.repeats, e.first_at = 1, e.at
+            lines[key] = e
+        else:
+            line.repeats += 1
+            line.first_at = min(line.first_at, e.at)
+    return list(lines.values())
+
+
 def store_event(event) -> None:
     from .models import ServiceEvent
 

@@ -161,3 +161,73 @@ def test_one_notification_per_transition_not_per_evaluation(fresh_server):
     assert Alert.objects.count() == 1
     events = list(Notification.objects.filter(channel="bus").values_list("event", flat=True))
     assert sorted(events) == ["firing", "resolved"]
+
+
+def test_the_services_feed_collapses_repeated_lines(client, users):
+    from datetime import UTC, datetime, timedelta
+
+    from agents.models import ServiceEvent
+    from agents.registry import collapse
+
+    start = datetime.now(UTC) - timedelta(minutes=10)
+    for i in range(30):  # the console's alert, firing and resolving, among config updates
+        ServiceEvent.objects.create(kind="alert", service="console", severity="warning",
+                                    at=start + timedelta(seconds=20 * i),
+                                    message="11 dead letters in the last minute (over 10)")
+        if i % 10 == 0:
+            ServiceEvent.objects.create(kind="config", service=f"svc-{i}", message="max_batch=50",
+                                        at=start + timedelta(seconds=20 * i + 1))
+    lines = collapse(ServiceEvent.objects.all())
+    assert len(lines) == 4  # one alert line, three config lines (different services)
+    alert = lines[0]
+    assert (alert.repeats, alert.first_at) == (30, start)
+    assert [line.repeats for line in lines[1:]] == [1, 1, 1]
+    assert len(collapse(ServiceEvent.objects.all(), limit=2)) == 2
+
+    client.force_login(users["viewer"])
+    page = client.get("/services/").content.decode()
+    assert page.count("11 dead letters in the last minute") == 1 and "×30" in page
+
+
+def test_alerts_say_how_long_they_have_fired_and_topology_notes_are_folded(
+        client, users, collector):
+    import time
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from streams import topology
+
+    async def apply():
+        nc = await bus(collector.url)
+        try:
+            await topology.apply(nc)
+        finally:
+            await nc.close()
+
+    asyncio.run(apply())
+
+    defaults.install(Rule)
+    Alert.objects.create(rule=Rule.objects.get(name="consumer-pending"), key="consumer-pending:S/c",
+                         subject="S/c", severity="warning", message="5,000 pending",
+                         started_at=timezone.now() - timedelta(minutes=12, seconds=5))
+    client.force_login(users["viewer"])
+    for path in ("/alerts/", "/"):
+        page = client.get(path).content.decode()
+        assert "firing for 12\xa0minutes" in page, path
+    deadline = time.monotonic() + 20
+    while True:  # the web side's copy of the snapshot catches up with the topology
+        overview = client.get("/")
+        findings = overview.context["findings"]
+        if findings or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert findings, "the declared topology on a one-node bus has notes"
+    page = overview.content.decode()
+    summary = (f'<details id="topology-notes"><summary>{len(findings)} topology '
+               f'note{"" if len(findings) == 1 else "s"}</summary>')
+    assert summary in page
+    # Still reachable: the notes themselves are inside, after the summary.
+    folded = page[page.index(summary):page.index("</details>", page.index(summary))]
+    assert 'id="topology-findings"' in folded
+    assert all(f.code in folded for f in findings)
