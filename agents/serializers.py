@@ -21,7 +21,7 @@ class ProbeSerializer(StrictSerializer):
     subject = SubjectField(publish=True, help_text="a command subject (not the bus's own)")
     payload = TextField(required=False, allow_null=True, allow_blank=True,
                         max_length=MAX_PAYLOAD, trim_whitespace=False,
-                        help_text="the request body (unset: a valid ExecuteTradeCommand)")
+                        help_text="the request body (unset: a PingRequest the services answer)")
     count = WholeNumberField(required=False, allow_null=True, min_value=1, max_value=MAX_COUNT)
     timeout = FiniteFloatField(required=False, allow_null=True, above=0, max_value=MAX_TIMEOUT_S,
                                help_text="seconds per request")

@@ -52,6 +52,7 @@ def _pages(page, base: str) -> dict[str, str]:
     page.goto(base + "/services/probe/")  # an audited action, so /audit/ has parameters to show
     page.fill("input[name=count]", "2")
     page.click("#probe button[type=submit]")
+    page.click("#probe-confirm button[type=submit]")  # the probe names subject x count first
     page.wait_for_selector("#probe-result .cards", timeout=15000)
     page.goto(base + "/agents/")
     agents = "#agents-panel a[href^='/agents/']:not([href*='hierarchy'])"
