@@ -243,6 +243,10 @@ class AgentActivity:
             status = "stuck"
         elif kind.recent_failures.total(now) > FAILING_SHARE * max(1, kind.recent_jobs.total(now)):
             status = "failing"
+        elif failures:
+            # Jobs failed in the last hour, too few of late to call it failing: not
+            # green "working" next to its failures column (the overview counts it too).
+            status = "degraded"
         elif in_flight or msgs_in:
             status = "working"
         else:
@@ -255,7 +259,7 @@ class AgentActivity:
             "acked_per_s": round(kind.acked.total(now) / RATE_S, 2),
             "consumers": sorted(c["name"] for c in consumers),
             "instances": sorted(r["instance"] for r in instances),
-            "instances_up": sum(r["status"] == "up" for r in instances),
+            "instances_up": sum(r["status"] == "up" for r in instances),  # alive, degraded too
             "workers": len(consumers) + len(instances),
             "in_flight": in_flight, "waiting": waiting,
             "redeliveries": kind.redeliveries.total(now),

@@ -27,6 +27,9 @@ DEFAULT_INTERVAL_S = 5.0
 MAX_INTERVAL_S = 86_400.0
 STALE_AFTER, DOWN_AFTER = 2, 5
 DOWN_WORDS = {"down", "error", "failed", "critical", "unhealthy"}
+# Heartbeat detail values of a circuit breaker that is not letting calls through; CLOSED
+# is the healthy state.
+BREAKER_TRIPPED = {"OPEN", "HALF_OPEN", "HALF-OPEN", "HALFOPEN"}
 DETAIL_KEYS_SKIPPED = {"status", "service", "version", "nodeId", "interval_s"}
 UNTRACKED_KEY = "untracked"  # the snapshot record counting instances beyond the limit
 DEFAULT_FORGET_S = 24 * 3600.0
@@ -200,6 +203,20 @@ class ServiceRegistry:
             return "stale"
         return "up"
 
+    @staticmethod
+    def state(record: dict, status: str) -> str:
+        """What the page shows: ``status`` (up, stale, down: is it alive?), except that a
+        live instance whose heartbeat says a circuit breaker is open (or half open) is
+        "degraded": it answers, but not everything it calls. ``status`` stays as it is
+        for the service alert rules and /metrics' up gauge."""
+        if status != "up":
+            return status
+        for key, value in (record.get("details") or {}).items():
+            if "circuitbreaker" in str(key).lower().replace("_", "") and \
+                    str(value).strip().upper() in BREAKER_TRIPPED:
+                return "degraded"
+        return status
+
     def forget(self, now: float) -> list[str]:
         """Drop the instances silent for longer than the forget time; their keys."""
         forget_s, _ = self._limits()
@@ -213,7 +230,10 @@ class ServiceRegistry:
     def records(self, now: float | None = None) -> dict[str, dict]:
         now = time.time() if now is None else now
         self.forget(now)
-        out = {key: {**r, "status": self.status(r, now)} for key, r in sorted(self.instances.items())}
+        out = {}
+        for key, r in sorted(self.instances.items()):
+            status = self.status(r, now)
+            out[key] = {**r, "status": status, "state": self.state(r, status)}
         if self.untracked:
             _, most = self._limits()
             out[UNTRACKED_KEY] = {"key": UNTRACKED_KEY, "count": len(self.untracked),
@@ -222,6 +242,8 @@ class ServiceRegistry:
 
 
 KEEP_EVENTS = 10_000
+SERVICE_STATES = ("up", "degraded", "stale", "down")
+AGENT_STATES = ("working", "degraded", "failing", "stuck", "idle")  # agents.activity's
 
 
 def event_from(subject: str, data: bytes, headers: dict | None = None):
@@ -283,9 +305,11 @@ def totals(snapshot: dict) -> dict:
     agents = list((snapshot.get("agents") or {}).values())
     instances = list(instances_of(snapshot.get("services")).values())
     return {**{f"agents_{k}": sum(a["status"] == k for a in agents)
-               for k in ("working", "failing", "stuck", "idle")},
-            **{f"services_{k}": sum(r["status"] == k for r in instances)
-               for k in ("up", "stale", "down")}}
+               for k in AGENT_STATES},
+            # By state: a degraded instance is counted as degraded, not as up, so the
+            # overview's "up" agrees with the services page's green.
+            **{f"services_{k}": sum(r.get("state", r["status"]) == k for r in instances)
+               for k in SERVICE_STATES}}
 
 
 def overview_part(snapshot: dict) -> dict:

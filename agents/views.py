@@ -19,7 +19,7 @@ from .activity import STREAM
 from .models import ServiceEvent
 from .serializers import ProbeResult, ProbeSerializer
 
-COUNTS = ("up", "stale", "down")
+COUNTS = registry.SERVICE_STATES
 
 
 def instances(snapshot: dict | None) -> list[dict]:
@@ -28,9 +28,11 @@ def instances(snapshot: dict | None) -> list[dict]:
 
 def panel(snapshot: dict | None) -> dict:
     rows = instances(snapshot)
-    order = {"down": 0, "stale": 1, "up": 2}
-    rows.sort(key=lambda r: (order.get(r["status"], 3), r["service"], r["instance"]))
-    return {"instances": rows, "counts": {s: sum(r["status"] == s for r in rows) for s in COUNTS},
+    order = {"down": 0, "stale": 1, "degraded": 2, "up": 3}
+    rows.sort(key=lambda r: (order.get(r.get("state", r["status"]), 4), r["service"], r["instance"]))
+    # Counted by what the rows show (a degraded instance is not one more "up").
+    return {"instances": rows, "counts": {s: sum(r.get("state", r["status"]) == s for r in rows)
+                                          for s in COUNTS},
             "untracked": registry.untracked_of((snapshot or {}).get("services"))}
 
 
@@ -139,7 +141,7 @@ def hierarchy(request):
 
 def agents_panel(snapshot: dict | None, feed: bool = False) -> dict:
     agents = list(((snapshot or {}).get("agents") or {}).values())
-    counts = {s: sum(a["status"] == s for a in agents) for s in ("working", "failing", "stuck", "idle")}
+    counts = {s: sum(a["status"] == s for a in agents) for s in registry.AGENT_STATES}
     out = {"agents": agents, "counts": counts}
     if feed:
         out["feed"] = sorted(((snapshot or {}).get("agent_feed") or {}).values(),

@@ -226,3 +226,36 @@ def pairs(value) -> list[tuple[str, str]]:
     if value in (None, "", [], {}):
         return []
     return [("", _shown(value, 2000))]
+
+
+# ------------------------------------------------------------------ status colours
+#
+# One mapping for every page: a figure is coloured by the enabled alert rules'
+# thresholds (alerts.thresholds), so amber and red on a page mean what the alert list
+# means. Returns "ok", "warn" or "crit"; console.css colours ".lvl-ok/-warn/-crit".
+
+
+@register.simple_tag
+def level(kind: str, value, subject=None, limit=None) -> str:
+    from alerts.thresholds import level as judge
+
+    try:
+        return judge(kind, value, subject, limit)
+    except (TypeError, ValueError):  # a figure the bus sent as garbage: no colour
+        return "ok"
+
+
+# Words a service uses for its healthy state: a line saying the breaker is CLOSED again
+# reports a recovery, whatever severity the service sent it with.
+_RECOVERED = re.compile(r"\b(breaker\s+closed|recovered|resolved|healthy again|back up)\b", re.IGNORECASE)
+
+
+@register.filter
+def event_level(event) -> str:
+    """"ok", "warn" or "crit" for a service's alert line."""
+    message = str(getattr(event, "message", "") or "")
+    if _RECOVERED.search(message):
+        return "ok"
+    severity = str(getattr(event, "severity", "") or "").lower()
+    return {"critical": "crit", "error": "crit", "fatal": "crit",
+            "warning": "warn", "warn": "warn"}.get(severity, "ok")
