@@ -10,7 +10,6 @@ from datetime import UTC, datetime
 
 from django import template
 from django.utils.html import conditional_escape, format_html
-from django.utils.safestring import mark_safe
 from django.utils.timezone import now as django_now
 
 register = template.Library()
@@ -55,18 +54,37 @@ def get(mapping, key):
         return None
 
 
+def _figure(v: float) -> str:
+    return f"{v:,.0f}" if abs(v) >= 100 or v == int(v) else f"{v:,.1f}"
+
+
 @register.simple_tag
-def sparkline(points, width: int = 80, height: int = 18):
+def sparkline(points, width: int = 80, height: int = 18, label: str = ""):
+    """A line of the last points; hovering says now/min/max. With a ``label`` (the
+    overview's trends) the current value and the scale are written beside it too, and a
+    short history says how many samples there are rather than drawing nothing."""
     values = [float(p or 0) for p in (points or [])]
     if len(values) < 2:
-        return ""
-    top = max(values) or 1.0
+        if not label:
+            return ""
+        return format_html('<span class="spark-empty muted">collecting: {} sample{} so far</span>',
+                           len(values), "" if len(values) == 1 else "s")
+    top, low = max(values), min(values)
+    scale = top or 1.0
     step = width / (len(values) - 1)
-    coords = " ".join(f"{i * step:.1f},{height - (v / top) * (height - 2) - 1:.1f}"
+    coords = " ".join(f"{i * step:.1f},{height - (v / scale) * (height - 2) - 1:.1f}"
                       for i, v in enumerate(values))
-    return mark_safe(  # noqa: S308 - numbers only
-        f'<svg class="spark" width="{width}" height="{height}" viewBox="0 0 {width} {height}">'
-        f'<polyline fill="none" stroke="currentColor" stroke-width="1.2" points="{coords}"/></svg>')
+    hover = format_html("{}now {} · min {} · max {} ({} samples)", f"{label}: " if label else "",
+                        _figure(values[-1]), _figure(low), _figure(top), len(values))
+    svg = format_html(
+        '<svg class="spark" width="{}" height="{}" viewBox="0 0 {} {}" role="img"><title>{}</title>'
+        '<polyline fill="none" stroke="currentColor" stroke-width="1.2" points="{}"/></svg>',
+        width, height, width, height, hover, coords)
+    if not label:
+        return format_html('<span class="spark-wrap" title="{}">{}</span>', hover, svg)
+    return format_html('<span class="spark-wrap" title="{}"><b class="spark-now">{}</b>{}'
+                       '<small class="spark-scale muted">{}–{}</small></span>',
+                       hover, _figure(values[-1]), svg, _figure(low), _figure(top))
 
 
 @register.simple_tag(takes_context=True)

@@ -18,16 +18,26 @@
     return {paper_bgcolor: v("--panel"), plot_bgcolor: v("--panel"), font: {color: v("--text")},
             "xaxis.gridcolor": v("--line"), "yaxis.gridcolor": v("--line")};
   };
-  const layout = (title, empty) => {
+  // One colour per series, distinct in both themes (plotly's default cycles from blue
+  // and gave a chart's two lines colours hard to tell apart at night).
+  const SERIES = ["#58a6ff", "#d29922", "#f85149", "#3fb950", "#bc8cff"];
+  // A few samples draw a line that says nothing: say how many there are until then.
+  const ENOUGH = 3;
+  const note = (n) => n === 0 ? "no samples yet: one every 10 s"
+    : `collecting: ${n} sample${n === 1 ? "" : "s"} so far (one every 10 s)`;
+  const layout = (title, unit, samples) => {
     const c = colours();
     return {
-      title: {text: title, font: {size: 13}}, height: 240, margin: {l: 50, r: 10, t: 30, b: 30},
+      title: {text: title, font: {size: 13}, x: 0, xanchor: "left"}, height: 260,
+      // Room above the plot for the legend, left of it for the y axis title.
+      margin: {l: 64, r: 10, t: 56, b: 40},
       paper_bgcolor: c.paper_bgcolor, plot_bgcolor: c.plot_bgcolor, font: c.font,
-      xaxis: {type: "date", gridcolor: c["xaxis.gridcolor"]},
-      yaxis: {gridcolor: c["yaxis.gridcolor"], rangemode: "tozero"},
-      legend: {orientation: "h"},
-      // No samples yet (a new stream or console): say so rather than draw the year 2000.
-      annotations: !empty ? [] : [{text: "no samples yet: one every 10 s", showarrow: false,
+      xaxis: {type: "date", gridcolor: c["xaxis.gridcolor"], title: {text: "time", font: {size: 11}}},
+      yaxis: {gridcolor: c["yaxis.gridcolor"], rangemode: "tozero",
+              title: {text: unit || "", font: {size: 11}}},
+      // Above the plot, clear of both axes (below, it sat on the x axis's dates).
+      legend: {orientation: "h", x: 0, xanchor: "left", y: 1.02, yanchor: "bottom"},
+      annotations: samples >= ENOUGH ? [] : [{text: note(samples), showarrow: false,
         xref: "paper", yref: "paper", x: 0.5, y: 0.5, font: {color: c.font.color}}],
     };
   };
@@ -42,8 +52,12 @@
       });
       if (!idx.length) continue;
       Plotly.extendTraces(chart.id, {x: idx.map(() => [point.t]), y: ys}, idx, 2000);
-      const shown = document.getElementById(chart.id).layout;
-      if (shown && shown.annotations && shown.annotations.length) Plotly.relayout(chart.id, {annotations: []});
+      const el = document.getElementById(chart.id);
+      const shown = el.layout;
+      if (shown && shown.annotations && shown.annotations.length) {
+        const n = (el.data[0] && el.data[0].x) ? el.data[0].x.length : 0;
+        Plotly.relayout(chart.id, n >= ENOUGH ? {annotations: []} : {"annotations[0].text": note(n)});
+      }
     }
   }
 
@@ -51,10 +65,14 @@
     const cfg = {displayModeBar: false, responsive: true};
     for (const chart of data.charts) {
       const x = chart.x ? data.series[chart.x] : data.t;
-      document.getElementById(chart.id).classList.remove("loading");
-      Plotly.newPlot(chart.id, chart.traces.map(([key, name]) => (
+      const el = document.getElementById(chart.id);
+      el.classList.remove("loading");
+      // The unit is the template's (data-unit): the chart definitions name series only.
+      Plotly.newPlot(chart.id, chart.traces.map(([key, name], i) => (
         {x: x, y: data.series[key], name: name, type: chart.bar ? "bar" : "scatter",
-         mode: chart.bar ? undefined : "lines"})), layout(chart.title, !(x && x.length)), cfg);
+         mode: chart.bar ? undefined : "lines", marker: {color: SERIES[i % SERIES.length]},
+         line: {color: SERIES[i % SERIES.length], width: 1.6}})),
+        layout(chart.title, el.dataset.unit, x ? x.length : 0), cfg);
     }
     const recolour = () => { for (const chart of data.charts) Plotly.relayout(chart.id, colours()); };
     document.addEventListener("lucent:theme", recolour);
