@@ -101,3 +101,15 @@ def test_the_overview_says_when_the_bus_is_away(viewer_client, monkeypatch):
     page = viewer_client.get("/")
     assert page.status_code == 200
     assert b"no data from the collector yet" in page.content
+
+
+def test_no_template_has_a_multi_line_comment_tag():
+    """Django's {# #} is one line only: a multi-line one is printed on the page as text
+    (and a tag inside it is rendered by the browser). Use {% comment %} instead."""
+    import re
+
+    from .support import ROOT
+
+    bad = [str(p.relative_to(ROOT)) for p in (ROOT / "templates").rglob("*.html")
+           if any("\n" in body for body in re.findall(r"\{#(.*?)#\}", p.read_text(), re.S))]
+    assert bad == []
