@@ -90,7 +90,7 @@ async def test_the_stream_panel_sends_state_consumers_and_chart_points(collector
         frame = await _receive_until(comm, 'id="chart-point"')
         assert 'id="stream-state"' in frame
         row = await _receive_until(comm, 'id="consumer-WORK-w1"')
-        assert ">1</td>" in row  # one pending
+        assert ">1</span></td>" in row  # one pending (coloured by the pending rule)
     finally:
         await comm.disconnect()
         await nc.close()
