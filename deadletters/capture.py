@@ -1,4 +1,4 @@
-"""Dead-letter capture and indexing: lossless, at least once in, exactly once out.
+"""Dead-letter capture: lossless, at least once in (exactly once out is the index's).
 
 ``capture``: a durable consumer on LUCENT_ADVISORIES (so advisories published
 while the console was down wait for it) reads each MAX_DELIVERIES and
@@ -17,20 +17,8 @@ dead letter is published anyway, empty, with ``Lucent-DL-Payload: missing``.
 The source stream's generation (its ``created`` time) is in the id, so a stream
 deleted and declared again is not deduplicated against its previous life.
 
-``index``: a durable consumer on DEAD_LETTERS writes each dead letter (captured
-here, or published by a service itself before term()) to the ``DeadLetter``
-table, keyed by (DEAD_LETTERS generation, sequence): a DEAD_LETTERS declared
-again, another bus or a restored backup counts from 1 again under a new
-generation, and rows of earlier ones are kept. A repeat (same key, same digest)
-is a no-op; a *different* message at a known key (a backup restored with the
-same ``created`` time) is stored under ``<generation>#r<digest>`` and logged,
-never dropped. Then acks.
-
-No message stalls the index: a header that cannot be read (a sequence beyond
-64 bits, an impossible date...) is stored empty and named in ``malformed``; a
-row the database still refuses is stored with every optional field emptied, and
-if even that fails, set aside in ``Quarantined``. Only errors that are not the
-message's fault (database locked, bus away) leave it unacked, to be redelivered.
+The index of what DEAD_LETTERS holds is ``index.py`` (its loop) and ``rows.py`` (one
+message to one row, whatever it holds: nothing stalls it).
 """
 
 

@@ -32,7 +32,7 @@ EVERYTHING_AND_FILTER = "\"all\": true means every one: give it without filters"
 
 
 class DeadLetterFilterSerializer(StrictSerializer):
-    """The filters of the dead-letter list, bulk replay and bulk purge (dlq.FILTERS)."""
+    """The filters of the dead-letter list, bulk replay and bulk purge (search.FILTERS)."""
 
     stream = optional_text()
     consumer = optional_text()
@@ -67,7 +67,7 @@ class DeadLetterFilterSerializer(StrictSerializer):
 
     @classmethod
     def filters(cls, data: dict) -> dict:
-        """The validated filters under dlq.FILTERS' names (``subject`` is the filter)."""
+        """The validated filters under search.FILTERS' names (``subject`` is the filter)."""
         out = {k: v for k, v in data.items() if k in cls.FILTER_KEYS}
         if "subject_filter" in out:
             out["subject"] = out.pop("subject_filter")

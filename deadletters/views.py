@@ -1,4 +1,4 @@
-"""Dead-letter pages. Short views over the service layer (``dlq``)."""
+"""Dead-letter pages. Short views over the service layer (search, replay, plans)."""
 
 from __future__ import annotations
 

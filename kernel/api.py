@@ -122,9 +122,9 @@ def _document(callback, **kwargs) -> None:
 
 
 def schema_hook(endpoints, **kwargs):
-    """Describe the read-only views this module does not own (their modules are edited
-    by others; a decorator there would race their changes): agents, services, trace.
-    A view already described by its own ``extend_schema`` is left as it is."""
+    """Describe the read-only views that carry no ``extend_schema`` of their own (agents,
+    services, trace: written before the schema was strict; moving these descriptions
+    next to their views is still to do). A view described by its own is left as it is."""
     for _path, _regex, method, callback in endpoints:
         cls = getattr(callback, "cls", None)
         if cls is None or getattr(getattr(cls, method.lower(), None), "kwargs", None):

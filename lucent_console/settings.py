@@ -286,7 +286,7 @@ SPECTACULAR_SETTINGS = {
     "ENABLE_DJANGO_DEPLOY_CHECK": False,
     # Request bodies are their own components (strict: no field beyond those listed).
     "COMPONENT_SPLIT_REQUEST": True,
-    # Views owned by modules that do not describe themselves yet (lucent_console/api.py).
+    # Views owned by modules that do not describe themselves yet (kernel/api.py).
     "PREPROCESSING_HOOKS": ["kernel.api.schema_hook"],
     "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums",
                              "kernel.api.strict_requests_hook"],
