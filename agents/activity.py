@@ -18,7 +18,13 @@ import collections
 import re
 import time
 
+from django.db.models import Count
+from django.db.models.functions import TruncHour, TruncMinute
+from django.utils import timezone
+
+from deadletters.models import DeadLetter
 from lucent_bus import envelope, watch
+from streams import history
 
 from .registry import UNTRACKED_KEY, clean_text
 
@@ -272,13 +278,6 @@ class AgentActivity:
 
 def failure_series(name: str, range_: str) -> dict:
     """Dead letters of one agent kind per minute (per hour over 7 days), for its chart."""
-    from django.db.models import Count
-    from django.db.models.functions import TruncHour, TruncMinute
-    from django.utils import timezone
-
-    from deadletters.models import DeadLetter
-    from streams import history
-
     _, span = history.RANGES.get(range_, history.RANGES["1h"])
     trunc = TruncHour if span.days >= 2 else TruncMinute
     rows = (DeadLetter.objects.filter(stream=STREAM, subject__startswith=f"{PREFIX}{name}.",

@@ -36,7 +36,7 @@ from nats.aio.client import Client
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
-from lucent_bus import deadletters, envelope
+from lucent_bus import cancel, deadletters, envelope
 
 log = logging.getLogger("lucent.demo")
 
@@ -120,6 +120,7 @@ class Demo:
     async def _loop(self, step, interval: float) -> None:
         """Run ``step`` every ``interval`` seconds; survive a bus that goes away."""
         while not self.stop.is_set():
+            cancel.check()
             started = time.monotonic()
             try:
                 await step()
@@ -222,6 +223,7 @@ class Demo:
         """Pull from a declared durable consumer forever, a batch at a time."""
         sub = None
         while not self.stop.is_set():
+            cancel.check()
             try:
                 if sub is None:
                     sub = await self.js.pull_subscribe_bind(consumer, stream)

@@ -21,8 +21,10 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
 from kernel.actions import ActionError, audited, refuse_reserved
+from kernel.roles import has_role
 from lucent_bus import envelope, subjects
 from lucent_bus import sync as bus_sync
+from streams.topology import DECLARED
 
 MAX_COUNT = 1000
 MAX_TIMEOUT_S = 30.0
@@ -55,8 +57,6 @@ def ping_payload(subject: str) -> str:
 def stored_by(subject: str, snapshot: dict | None = None) -> list[str]:
     """The streams that would store a request to ``subject`` (the declared topology and
     those on the bus now): a confirmation must say so, each request is also a message."""
-    from streams.topology import DECLARED
-
     found = {spec.name for spec in DECLARED
              if any(subjects.matches(p, subject) for p in spec.config["subjects"])}
     for name, s in ((snapshot or {}).get("streams") or {}).items():
@@ -106,8 +106,6 @@ def review(user, subject, payload=None, count=1, timeout=2.0) -> tuple[str, byte
     """The page's first step: ``check`` without sending anything. What is refused is
     audited as the probe itself would be (a refused role, a bus's own subject): asking
     is an attempt, and the audit says so."""
-    from kernel.roles import has_role
-
     try:
         if not has_role(user, "operator"):
             raise ActionError("probe needs the operator role")

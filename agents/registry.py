@@ -19,9 +19,14 @@ from __future__ import annotations
 import json
 import math
 import time
+from datetime import UTC, datetime
 from typing import Any
 
+from django.conf import settings
+
 from lucent_bus import envelope
+
+from .models import ServiceEvent
 
 DEFAULT_INTERVAL_S = 5.0
 MAX_INTERVAL_S = 86_400.0
@@ -117,8 +122,6 @@ def _interval(value) -> float:
 
 def _settings() -> tuple[float, int]:
     try:
-        from django.conf import settings
-
         return (float(getattr(settings, "LUCENT_SERVICE_FORGET_S", DEFAULT_FORGET_S)),
                 int(getattr(settings, "LUCENT_SERVICE_MAX", DEFAULT_MAX)))
     except Exception:  # outside Django (a benchmark): the defaults
@@ -248,10 +251,6 @@ AGENT_STATES = ("working", "degraded", "failing", "stuck", "idle")  # agents.act
 
 def event_from(subject: str, data: bytes, headers: dict | None = None):
     """A ``ServiceEvent`` (unsaved) from an alert or config message."""
-    from datetime import UTC, datetime
-
-    from .models import ServiceEvent
-
     tokens = subject.split(".")
     kind = ServiceEvent.ALERT if tokens[-1] == "alerts" else ServiceEvent.CONFIG
     decoded = envelope.decode(data, headers)
@@ -290,8 +289,6 @@ def collapse(events, limit: int = 50) -> list:
 
 
 def store_event(event) -> None:
-    from .models import ServiceEvent
-
     event.save()
     if event.pk % 500 == 0:  # now and then, keep the newest KEEP_EVENTS
         newest = ServiceEvent.objects.order_by("-id").values_list("id", flat=True)

@@ -11,11 +11,16 @@ from drf_spectacular.utils import extend_schema
 from rest_framework.decorators import api_view
 from rest_framework.response import Response
 
+from kernel.actions import ActionError
 from kernel.api import ERRORS
+from kernel.serializers import check_request
+from streams import history
 from streams import operations as stream_ops
 
+from . import probe as probing
 from . import registry
-from .activity import STREAM
+from .activity import STREAM, failure_series
+from .hierarchy import LEVELS, Hierarchy
 from .models import ServiceEvent
 from .serializers import ProbeResult, ProbeSerializer
 
@@ -65,14 +70,10 @@ def api_services(request):
 @api_view(["POST"])
 def api_probe(request):
     """Operator: time N requests to a command subject (never one of the bus's own)."""
-    from kernel.serializers import check_request
-
-    from .probe import probe
-
     data = check_request(request, ProbeSerializer, action="probe", target="probe",
                          role="operator")
     # Errors (ActionError) answer through the API's exception handler: {"error"}, status.
-    result = probe(request.user, data["subject"], data.get("payload"), data.get("count") or 1,
+    result = probing.probe(request.user, data["subject"], data.get("payload"), data.get("count") or 1,
                    data.get("timeout") or 2.0)
     result["replies"] = [{"rtt_ms": r["rtt_ms"], **r["decoded"].as_dict(),
                           "text": r["decoded"].text} for r in result["replies"]]
@@ -85,10 +86,6 @@ def probe_form(request):
     confirmation, naming subject x count and the streams that would store the requests;
     then, posted again with that confirmation, the run and its result. (The API needs no
     confirmation: a script has said what it sends.)"""
-    from kernel.actions import ActionError
-
-    from . import probe as probing
-
     subject = request.POST.get("subject") or request.GET.get("subject") or probing.DEFAULT_SUBJECT
     if request.method == "GET":
         services = sorted({r["service"] for r in instances(stream_ops.current_snapshot())})
@@ -114,8 +111,6 @@ def probe_form(request):
 
 
 def hierarchy_panel(snapshot: dict | None) -> dict:
-    from .hierarchy import LEVELS, Hierarchy
-
     records = (snapshot or {}).get("hierarchy") or {}
 
     def natural(r: dict) -> list:
@@ -167,10 +162,6 @@ def agent_list(request):
 
 @require_GET
 def agent_detail(request, name: str):
-    from streams import history
-
-    from .activity import failure_series
-
     data = agent_panel(stream_ops.current_snapshot(), name)
     if data["agent"] is None:
         raise Http404(f"No agent {name!r} on the bus (agents come from lucent.agents.<kind>.<task>).")

@@ -37,6 +37,18 @@ DEFAULT_RULES = [
      "A service instance sent no heartbeat for 5 intervals, or said it is down."),
     ("bus-unreachable", "bus", None, 5, "critical",
      "The collector cannot sweep the bus."),
+] + [
+    # Issue 15: from the servers' monitoring data (servers.overview; only when a
+    # monitoring source is configured) and the consumers' pause state.
+    ("slow-consumers", "slow_consumers", 0, 30, "warning",
+     "A server counted more than `threshold` new slow consumers in the last 5 minutes "
+     "(clients that could not keep up: the server dropped their messages or them)."),
+    ("server-js-limit-90", "server_js_limit", 90, 60, "critical",
+     "A server's JetStream memory or storage use at `threshold`% of its max_memory or "
+     "max_storage; resolves 5 points below."),
+    ("consumer-pause-ending", "consumer_pause", 60, 10, "warning",
+     "A paused consumer resumes within `threshold` seconds, or resumed with a backlog that "
+     "grew during the pause (held until it is back to where it was when paused)."),
 ]
 
 def install(rule_model) -> int:

@@ -27,7 +27,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from lucent_bus import envelope
+from lucent_bus import envelope, notify_subjects
 
 from . import notify
 from .models import Alert, Notification, Rule
@@ -36,7 +36,7 @@ from .rules import GROUP_SUBJECT, Evaluator
 log = logging.getLogger("lucent.alerts")
 RULES_TTL_S = 10.0
 SUBJECT = "lucent.services.console.alerts"
-LIVE_NOTIFY = "lucent.console.live.alerts"
+LIVE_NOTIFY = notify_subjects.LIVE_ALERTS
 
 
 def load() -> tuple[list[Rule], dict[str, int]]:

@@ -18,7 +18,7 @@ class Rule(models.Model):
     """What to watch, with its threshold, for how long, and how bad it is.
 
     ``target`` is a glob on what the rule looks at (a stream, ``STREAM/consumer``,
-    an agent kind, ``service/instance``); ``*`` is everything."""
+    an agent kind, ``service/instance``, a server name); ``*`` is everything."""
 
     CONSUMER_PENDING = "consumer_pending"
     CONSUMER_STALLED = "consumer_stalled"
@@ -31,14 +31,18 @@ class Rule(models.Model):
     SERVICE_STALE = "service_stale"
     SERVICE_DOWN = "service_down"
     BUS = "bus"
+    SLOW_CONSUMERS = "slow_consumers"
+    SERVER_JS_LIMIT = "server_js_limit"
+    CONSUMER_PAUSE = "consumer_pause"
     KINDS = [(k, k.replace("_", " ")) for k in (
         CONSUMER_PENDING, CONSUMER_STALLED, ACK_PENDING_NEAR_MAX, DEADLETTER_RATE, STREAM_USAGE,
-        INTEREST_NO_CONSUMERS, REPLICA, AGENT, SERVICE_STALE, SERVICE_DOWN, BUS)]
+        INTEREST_NO_CONSUMERS, REPLICA, AGENT, SERVICE_STALE, SERVICE_DOWN, BUS,
+        SLOW_CONSUMERS, SERVER_JS_LIMIT, CONSUMER_PAUSE)]
 
     name = models.SlugField(max_length=100, unique=True)
     kind = models.CharField(max_length=32, choices=KINDS)
     target = models.CharField(max_length=300, default="*",
-                              help_text="glob on the stream, STREAM/consumer, agent or service")
+                              help_text="glob on the stream, STREAM/consumer, agent, service or server")
     threshold = models.FloatField(null=True, blank=True, help_text="see the rule's description")
     for_s = models.FloatField(default=0, help_text="seconds the condition must hold before firing")
     severity = models.CharField(max_length=16, choices=SEVERITIES, default="warning")
@@ -52,13 +56,13 @@ class Rule(models.Model):
         return self.name
 
     def matches(self, target: str) -> bool:
-        return self.target in ("", "*") or bool(_glob(self.target).match(target))
+        return self.target in ("", "*") or bool(target_glob(self.target).match(target))
 
 
 _GLOBS: dict[str, re.Pattern] = {}
 
 
-def _glob(pattern: str) -> re.Pattern:
+def target_glob(pattern: str) -> re.Pattern:
     compiled = _GLOBS.get(pattern)
     if compiled is None:
         compiled = _GLOBS[pattern] = re.compile(fnmatch.translate(pattern))
@@ -147,6 +151,13 @@ class Notification(models.Model):
     last_error = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     sent_at = models.DateTimeField(null=True, blank=True)
+    # A webhook notification's next attempt is due then; one still pending well past it
+    # has lost its task (a broker away, a worker killed): notify.resume_pending queues it.
+    due_at = models.DateTimeField(null=True, blank=True)
+    # Held by the runner making an attempt (one at a time: two would send it twice).
+    claimed_until = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["due_at"], condition=models.Q(state="pending"),
+                                name="alerts_notification_due")]

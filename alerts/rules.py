@@ -29,8 +29,10 @@ above the threshold itself.
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from urllib.parse import quote
 
 from agents.registry import instances_of
@@ -47,7 +49,8 @@ SERVICE_KINDS = {Rule.SERVICE_STALE, Rule.SERVICE_DOWN}
 WARMUP_S = {Rule.CONSUMER_STALLED: 35.0, Rule.AGENT: 60.0, Rule.DEADLETTER_RATE: 65.0}
 # Per threshold kind: the level a firing alert's figure must fall to before it resolves.
 CLEAR = {Rule.CONSUMER_PENDING: lambda t: t * 0.8, Rule.ACK_PENDING_NEAR_MAX: lambda t: t - 0.1,
-         Rule.DEADLETTER_RATE: lambda t: t * 0.5, Rule.STREAM_USAGE: lambda t: t - 5}
+         Rule.DEADLETTER_RATE: lambda t: t * 0.5, Rule.STREAM_USAGE: lambda t: t - 5,
+         Rule.SERVER_JS_LIMIT: lambda t: t - 5}
 GROUP_SUBJECT = "(grouped)"  # no stream, consumer, agent or service/instance is named so
 GROUP_AT = 20
 GROUP_LISTED = 5
@@ -57,7 +60,9 @@ GROUP_WARMUP_S = 120.0
 NOUNS = {Rule.CONSUMER_PENDING: "consumers", Rule.CONSUMER_STALLED: "consumers",
          Rule.ACK_PENDING_NEAR_MAX: "consumers", Rule.STREAM_USAGE: "streams",
          Rule.INTEREST_NO_CONSUMERS: "streams", Rule.REPLICA: "streams", Rule.AGENT: "agents",
-         Rule.SERVICE_STALE: "services stale", Rule.SERVICE_DOWN: "services down"}
+         Rule.SERVICE_STALE: "services stale", Rule.SERVICE_DOWN: "services down",
+         Rule.SLOW_CONSUMERS: "servers", Rule.SERVER_JS_LIMIT: "servers",
+         Rule.CONSUMER_PAUSE: "consumers"}
 
 
 def group(rule: Rule, conds: list[Condition]) -> Condition:
@@ -124,9 +129,9 @@ def _stream(rule: Rule, s: dict, firing: bool = False) -> tuple[str, float | Non
     return None
 
 
-def conditions(snapshot: dict, rules: list[Rule], firing=()) -> dict[str, Condition]:
-    """What holds in ``snapshot``; the keys in ``firing`` are judged against their
-    rule's ``clear_limit`` (hysteresis), the others against the threshold."""
+def conditions(snapshot: dict, rules: list[Rule], firing=(), paused_at=None) -> dict[str, Condition]:
+    """What holds in ``snapshot``; keys in ``firing`` are judged against their rule's
+    ``clear_limit`` (hysteresis), others against the threshold. ``paused_at``: PauseWatch.ended."""
     out: dict[str, Condition] = {}
 
     def add(rule: Rule, subject: str, found, link: str) -> None:
@@ -144,17 +149,7 @@ def conditions(snapshot: dict, rules: list[Rule], firing=()) -> dict[str, Condit
     for rule in active:
         by_kind.setdefault(rule.kind, []).append(rule)
     consumers = snapshot.get("consumers", {})
-    for rule in (r for r in active if r.kind in CONSUMER_KINDS):
-        default, holds, say = CONSUMER_TESTS[rule.kind]
-        limit = rule.threshold if rule.threshold is not None else default
-        everything = rule.target in ("", "*")
-        clear = clear_limit(rule.kind, limit) if limit is not None else None
-        for key, c in consumers.items():
-            # The cheap test first; the lower level only for the few alerts firing.
-            if ((holds(c, limit) or (firing and clear != limit and f"{rule.name}:{key}" in firing
-                                     and holds(c, clear)))
-                    and (everything or rule.matches(key))):
-                add(rule, key, say(c, limit), _stream_link(c["stream"]))
+    _consumer_conditions(add, consumers, [r for r in active if r.kind in CONSUMER_KINDS], firing)
     stream_rules = [r for r in active if r.kind in STREAM_KINDS]
     for name, s in snapshot.get("streams", {}).items():
         for rule in stream_rules:
@@ -181,7 +176,104 @@ def conditions(snapshot: dict, rules: list[Rule], firing=()) -> dict[str, Condit
                     add(rule, key, (f"service {status}: last heartbeat "
                                     f"{time.strftime('%H:%M:%S', time.gmtime(r['last_seen']))} UTC",
                                     None), "/services/")
+    _server_conditions(add, snapshot.get("servers") or {}, by_kind, firing)
+    _pause_conditions(add, consumers, by_kind, paused_at or {})
     return out
+
+
+def _consumer_conditions(add, consumers: dict, rules: list[Rule], firing) -> None:
+    """The consumer rules on every consumer but the console's live views."""
+    for rule in rules:
+        default, holds, say = CONSUMER_TESTS[rule.kind]
+        limit = rule.threshold if rule.threshold is not None else default
+        everything = rule.target in ("", "*")
+        clear = clear_limit(rule.kind, limit) if limit is not None else None
+        for key, c in consumers.items():
+            if c.get("own_live"):
+                continue  # a live view of the console (an ordered consumer), not a worker
+            # The cheap test first; the lower level only for the few alerts firing.
+            if ((holds(c, limit) or (firing and clear != limit and f"{rule.name}:{key}" in firing
+                                     and holds(c, clear)))
+                    and (everything or rule.matches(key))):
+                add(rule, key, say(c, limit), _stream_link(c["stream"]))
+
+
+def _server_conditions(add, servers: dict, by_kind: dict, firing) -> None:
+    """Rules on the servers' monitoring rows (``servers.overview.server_row``), present
+    only when a monitoring source is configured."""
+    for name, s in servers.items():
+        if s.get("down"):
+            continue
+        for rule in by_kind.get(Rule.SLOW_CONSUMERS, []):
+            limit = rule.threshold if rule.threshold is not None else 0
+            new = s.get("slow_consumers_5m") or 0
+            if new > limit and rule.matches(name):
+                add(rule, name, (f"{new:,} new slow consumer{'s' if new != 1 else ''} in 5 "
+                                 f"minutes ({s.get('slow_consumers', 0):,} since start)", new),
+                    "/connections/?sort=pending_bytes")
+        js = s.get("jetstream") or {}
+        for rule in by_kind.get(Rule.SERVER_JS_LIMIT, []):
+            limit = rule.threshold if rule.threshold is not None else 90
+            level = clear_limit(rule.kind, limit) if f"{rule.name}:{name}" in firing else limit
+            worst = max((js.get(f"{k}_pct") or 0.0, k) for k in ("memory", "storage"))
+            if worst[0] >= level and rule.matches(name):
+                add(rule, name, (f"JetStream {worst[1]} at {worst[0]:.0f}% of max_{worst[1]} "
+                                 f"(limit {limit:.0f}%)", worst[0]), "/servers/")
+
+
+def _pause_ends(c: dict) -> float | None:
+    try:
+        return datetime.fromisoformat(
+            re.sub(r"(\.\d{6})\d+", r"\1", c["pause_until"]).replace("Z", "+00:00")).timestamp()
+    except (TypeError, ValueError, KeyError):
+        return None
+
+
+def _pause_conditions(add, consumers: dict, by_kind: dict, paused_at: dict) -> None:
+    rules = by_kind.get(Rule.CONSUMER_PAUSE, [])
+    if not rules:
+        return
+    now = time.time()
+    for key, c in consumers.items():
+        ends = _pause_ends(c) if c.get("paused") else None
+        for rule in rules:
+            if not rule.matches(key):
+                continue
+            within = rule.threshold if rule.threshold is not None else 60
+            if ends is not None and ends - now <= within:
+                add(rule, key, (f"pause ends in {max(0, ends - now):.0f} s (at "
+                                f"{time.strftime('%H:%M:%S', time.gmtime(ends))} UTC) with "
+                                f"{c['num_pending']:,} pending", c["num_pending"]),
+                    _stream_link(c["stream"]))
+            elif key in paused_at and not c.get("paused") and c["num_pending"] > paused_at[key]:
+                add(rule, key, (f"resumed with a backlog that grew during the pause: "
+                                f"{paused_at[key]:,} pending then, {c['num_pending']:,} now",
+                                c["num_pending"]), _stream_link(c["stream"]))
+
+
+class PauseWatch:
+    """A consumer's backlog when its pause began, kept until the pause ended and the
+    backlog is back to that level (or the consumer is gone): the pause rule's memory."""
+
+    def __init__(self) -> None:
+        self.started: dict[str, int] = {}  # paused now: pending when first seen paused
+        self.ended: dict[str, int] = {}  # pause over, backlog above its level then
+
+    def observe(self, snapshot: dict) -> None:
+        if not snapshot.get("ok"):
+            return
+        consumers = snapshot.get("consumers") or {}
+        for key, c in consumers.items():
+            if c.get("paused"):
+                self.started.setdefault(key, c["num_pending"])
+                self.ended.pop(key, None)
+            elif key in self.started:
+                self.ended[key] = self.started.pop(key)
+        for key in [k for k in self.started if k not in consumers]:
+            del self.started[key]
+        for key in [k for k, v in self.ended.items()
+                    if k not in consumers or consumers[k]["num_pending"] <= v]:
+            del self.ended[key]
 
 
 class Evaluator:
@@ -196,6 +288,7 @@ class Evaluator:
         self.firing: dict[str, int] = dict(firing or {})  # key -> Alert id
         self.started = time.time() if now is None else now
         self.inherited: set[str] = set(self.firing)  # fired before this evaluator started
+        self.pauses = PauseWatch()
 
     def adopt(self, firing: dict[str, int]) -> None:
         """Follow the database: alerts another process fired or resolved meanwhile."""
@@ -214,7 +307,8 @@ class Evaluator:
              ) -> tuple[list[Condition], list[str]]:
         """(conditions to fire now, keys of firing alerts to resolve)."""
         now = time.time() if now is None else now
-        held = conditions(snapshot, rules, self.firing)
+        self.pauses.observe(snapshot)
+        held = conditions(snapshot, rules, self.firing, self.pauses.ended)
         ok, bus = bool(snapshot.get("ok")), _bus_prefixes(rules)
         by_name = {r.name: r for r in rules if r.enabled}
 

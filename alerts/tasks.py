@@ -13,3 +13,8 @@ def deliver_notification(self, pk: int) -> None:
         raise self.retry(exc=exc, countdown=notify.backoff(self.request.retries)) from exc
     if not done:
         raise self.retry(countdown=notify.backoff(self.request.retries))
+
+
+@shared_task(name="alerts.tasks.resume_notifications")
+def resume_notifications() -> int:
+    return notify.resume_pending()

@@ -18,10 +18,10 @@ import threading
 import time
 from dataclasses import dataclass
 
-from django.db import DatabaseError
+from django.db import DatabaseError, connection
 
 from .defaults import DEFAULT_RULES
-from .models import Rule, _glob
+from .models import Rule, target_glob
 from .rules import CONSUMER_TESTS
 
 TTL_S = 10.0
@@ -42,7 +42,7 @@ class Limit:
         return self.threshold if self.threshold is not None else default
 
     def matches(self, subject: str | None) -> bool:
-        return subject is None or self.target in ("", "*") or bool(_glob(self.target).match(subject))
+        return subject is None or self.target in ("", "*") or bool(target_glob(self.target).match(subject))
 
 
 _cache: tuple[float, list[Limit]] | None = None
@@ -67,7 +67,6 @@ def _read_anywhere() -> list[Limit]:
     box: list = []
 
     def work() -> None:
-        from django.db import connection
 
         try:
             box.append(_read())

@@ -213,6 +213,6 @@ if __name__ == "__main__":
     ap.add_argument("--n", type=int, default=10_000)
     args = ap.parse_args()
     header(f"dead-letter capture: a burst of {args.n:,} messages exhausting max_deliver=2")
-    code_note("streams/capture.py", "lucent_console/bus/client.py")
+    code_note("deadletters/capture.py", "lucent_bus/client.py")
     with environment("dlcapture") as (tmp, server):
         asyncio.run(main(server, args.n))

@@ -40,11 +40,15 @@ def code_note(*paths: str) -> None:
     print("# code: " + ", ".join(parts), flush=True)
 
 
-def setup_django(var_dir: Path) -> None:
-    """Django on a fresh SQLite database under ``var_dir`` (migrated)."""
+def setup_django(var_dir: Path, database_url: str | None = None) -> None:
+    """Django on a fresh SQLite database under ``var_dir`` (migrated), or on
+    ``database_url`` (a PostgreSQL database the caller created empty)."""
     os.environ["LUCENT_VAR_DIR"] = str(var_dir)
     os.environ["DJANGO_SETTINGS_MODULE"] = "lucent_console.settings"
-    os.environ.pop("DATABASE_URL", None)
+    if database_url:
+        os.environ["DATABASE_URL"] = database_url
+    else:
+        os.environ.pop("DATABASE_URL", None)
     import django
 
     django.setup()
@@ -54,12 +58,15 @@ def setup_django(var_dir: Path) -> None:
 
 
 @contextlib.contextmanager
-def environment(prefix: str, with_bus: bool = True):
-    """(tmp dir, nats server or None): Django set up, NATS_URL pointing at the server."""
+def environment(prefix: str, with_bus: bool = True, database_url: str | None = None):
+    """(tmp dir, nats server or None): Django set up, NATS_URL pointing at the server.
+    ``database_url``: a PostgreSQL server's URL; a database of this run's own is created
+    there (``<prefix>_<pid>``) and dropped at the end."""
     tmp = Path(tempfile.mkdtemp(prefix=f"lucent-{prefix}-"))
     server = None
+    pg = _PgDatabase(database_url, f"lucent_{prefix}_{os.getpid()}") if database_url else None
     try:
-        setup_django(tmp / "var")
+        setup_django(tmp / "var", pg.create() if pg else None)
         if with_bus:
             from lucent_bus import embedded
 
@@ -69,7 +76,46 @@ def environment(prefix: str, with_bus: bool = True):
     finally:
         if server is not None:
             server.stop()
+        if pg is not None:
+            pg.drop()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+class _PgDatabase:
+    """A throwaway PostgreSQL database next to ``url``'s (created, then dropped)."""
+
+    def __init__(self, url: str, name: str) -> None:
+        from urllib.parse import urlsplit, urlunsplit
+
+        parts = urlsplit(url)
+        self.admin = urlunsplit(parts._replace(path="/postgres"))
+        self.url, self.name = urlunsplit(parts._replace(path="/" + name)), name
+
+    def _run(self, sql: str) -> None:
+        import psycopg
+
+        with psycopg.connect(self.admin, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(sql)
+
+    def create(self) -> str:
+        self._run(f'DROP DATABASE IF EXISTS "{self.name}"')
+        self._run(f'CREATE DATABASE "{self.name}"')
+        return self.url
+
+    def drop(self) -> None:
+        from django.db import connections
+
+        connections.close_all()
+        self._run(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+
+
+def postgres_reachable(url: str) -> str:
+    """"" when PostgreSQL answers at ``url``'s server, else why not."""
+    try:
+        _PgDatabase(url, "x")._run("SELECT 1")
+    except Exception as exc:  # any failure means: not reachable, say why
+        return f"{type(exc).__name__}: {exc}".strip()
+    return ""
 
 
 def db_path() -> Path:

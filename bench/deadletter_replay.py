@@ -577,6 +577,6 @@ if __name__ == "__main__":
                     help="also run the bench-side sketches (now implemented in dlq: off by default)")
     args = ap.parse_args()
     header(f"dead-letter bulk replay: {args.n:,} dead letters, against raw publish_async")
-    code_note("deadletters/replay.py", "deadletters/jobs.py", "lucent_console/bus/client.py")
+    code_note("deadletters/replay.py", "deadletters/jobs.py", "lucent_bus/client.py")
     with environment("dlreplay") as (_tmp, server):
         main(args.n, args.profile_n, server, not args.sketch)

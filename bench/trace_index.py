@@ -391,6 +391,6 @@ if __name__ == "__main__":
     args = ap.parse_args()
     header(f"trace index: {args.n:,} envelopes indexed, then lookups over {args.rows:,} rows, "
            f"on {'PostgreSQL' if args.database_url else 'SQLite'}")
-    code_note("traces/indexer.py", "traces/trace.py", "lucent_console/bus/tail.py")
+    code_note("traces/indexer.py", "traces/store.py", "traces/trace.py", "lucent_bus/tail.py")
     with environment(args.database_url) as server:
         asyncio.run(main(server, args.n, args.rows))

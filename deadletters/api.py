@@ -7,6 +7,7 @@ import base64
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework.decorators import api_view
 from rest_framework.response import Response
+from rest_framework.utils.urls import replace_query_param
 
 from kernel.actions import NotFound, audited
 from kernel.api import ERRORS, ID, PAGING, READ_ERRORS, Page
@@ -31,7 +32,7 @@ KEYS = ("id", "stream", "stream_seq", "subject", "consumer", "deliveries", "reas
         "message_type", "status", "payload_available", "payload_size", "dl_seq", "generation")
 
 
-def _row(letter, current: str | None | bool = False) -> dict:
+def letter_row(letter, current: str | None | bool = False) -> dict:
     """One dead letter; ``earlier_generation`` when it was indexed from an earlier
     DEAD_LETTERS (``current``: the stream's generation now, None when unknown, read from
     the snapshot when not given), and ``malformed``: the header fields that could not be
@@ -53,10 +54,45 @@ LIST_FILTERS = [OpenApiParameter(name, str, required=False) for name in search.F
                responses={200: DeadLetterPage, 400: ERRORS[400], **READ_ERRORS})
 @api_view(["GET"])
 def dl_list(request):
-    qs = search.filtered(search.clean_filters(request.GET))
-    paginator = Page()
-    page = paginator.paginate_queryset(qs, request)
-    return paginator.get_paginated_response([_row(x) for x in page])
+    filters = search.clean_filters(request.GET)
+    paginator = CappedPage(filters)
+    page = paginator.paginate_queryset(search.filtered(filters), request)
+    return paginator.get_paginated_response([letter_row(x) for x in page])
+
+
+class CappedPage(Page):
+    """The list's paging with the page's capped count (``search.count``): over 1 M dead
+    letters an exact count of a broad filter costs more than the page. ``count_capped``
+    says the count stopped at the cap; ``next`` keeps going past it while pages are full."""
+
+    def __init__(self, filters: dict) -> None:
+        self.filters, self.count_capped, self.more = filters, False, False
+
+    def get_count(self, queryset) -> int:
+        n, self.count_capped = search.count(queryset, self.filters)
+        return n
+
+    def paginate_queryset(self, queryset, request, view=None):
+        self.request, self.limit = request, self.get_limit(request)
+        self.count, self.offset = self.get_count(queryset), self.get_offset(request)
+        if self.count == 0 or (self.offset > self.count and not self.count_capped):
+            return []
+        page = list(queryset[self.offset:self.offset + self.limit])
+        self.more = (self.count_capped and len(page) == self.limit
+                     and self.offset + self.limit >= self.count)
+        return page
+
+    def get_next_link(self):
+        if not self.more:
+            return super().get_next_link()
+        url = replace_query_param(self.request.build_absolute_uri(), self.limit_query_param,
+                                  self.limit)
+        return replace_query_param(url, self.offset_query_param, self.offset + self.limit)
+
+    def get_paginated_response(self, data):
+        response = super().get_paginated_response(data)
+        response.data["count_capped"] = self.count_capped
+        return response
 
 
 @extend_schema(operation_id="deadletter_detail", methods=["GET"], parameters=[ID],
@@ -74,7 +110,7 @@ def dl_detail(request, pk: str):
         raise NotFound(f"no dead letter {pk[:20]!r}")
     letter = search.get(pk)
     stored = search.load(letter)
-    out = {**_row(letter), "headers": stored.get("headers", letter.headers)}
+    out = {**letter_row(letter), "headers": stored.get("headers", letter.headers)}
     data = stored.get("data") if stored.get("available") else None
     if data is None:
         out.update(payload=None, payload_encoding=None, payload_note=stored.get("why", ""))
@@ -93,7 +129,7 @@ def dl_replay(request, pk: str):
     data = check_request(request, DeadLetterReplaySerializer, action="deadletter.replay",
                          target=str(pk)[:64], role="operator")
     return Response(replay.replay(request.user, pk, data.get("subject"),
-                               bool(data.get("remove_original"))))
+                                  bool(data.get("remove_original")), data.get("edit")))
 
 
 def _bulk(request, kind: str, serializer: type[DeadLetterFilterSerializer]):

@@ -21,6 +21,7 @@ from asgiref.sync import sync_to_async
 from nats.aio.client import Client
 from nats.errors import TimeoutError as NatsTimeout
 
+from lucent_bus import cancel, notify_subjects
 from lucent_bus import deadletters as dl
 from lucent_bus import jetstream as js
 from streams import topology
@@ -32,7 +33,7 @@ log = logging.getLogger("lucent.capture")
 
 INDEX_CONSUMER = "deadletter-index"
 
-NOTIFY_SUBJECT = "lucent.console.live.deadletters"
+NOTIFY_SUBJECT = notify_subjects.LIVE_DEADLETTERS
 
 
 
@@ -149,6 +150,7 @@ async def run(nc: Client, stop: asyncio.Event) -> None:
     async def loop(stream: str, consumer: str, step) -> None:
         sub = None
         while not stop.is_set():
+            cancel.check()
             try:
                 if sub is None:
                     sub = await nc.jetstream().pull_subscribe_bind(consumer, stream)

@@ -23,19 +23,19 @@ class DeadLetter(models.Model):
     digest = models.CharField(max_length=40, blank=True)  # of subject+headers+payload: a conflict check
     malformed = models.CharField(max_length=256, blank=True)  # header fields that could not be read
     dl_subject = models.CharField(max_length=512)
-    stream = models.CharField(max_length=256, db_index=True)
+    stream = models.CharField(max_length=256)
     stream_seq = models.BigIntegerField(null=True)
-    subject = models.CharField(max_length=512, db_index=True)  # the original subject
-    consumer = models.CharField(max_length=256, db_index=True)
+    subject = models.CharField(max_length=512)  # the original subject
+    consumer = models.CharField(max_length=256)
     deliveries = models.IntegerField(null=True)
-    reason = models.CharField(max_length=64, db_index=True)
+    reason = models.CharField(max_length=64)
     error = models.TextField(blank=True)
     failed_at = models.DateTimeField(null=True)
     captured_at = models.DateTimeField(db_index=True)
     message_id = models.CharField(max_length=256, blank=True, db_index=True)
-    correlation_id = models.CharField(max_length=256, blank=True, db_index=True)
+    correlation_id = models.CharField(max_length=256, blank=True)
     causation_id = models.CharField(max_length=256, blank=True)
-    message_type = models.CharField(max_length=256, blank=True, db_index=True)
+    message_type = models.CharField(max_length=256, blank=True)
     payload_available = models.BooleanField(default=True)
     payload_size = models.IntegerField(default=0)
     payload_kind = models.CharField(max_length=16, blank=True)
@@ -47,11 +47,24 @@ class DeadLetter(models.Model):
         db_table = "streams_deadletter"  # created by the streams app, before dead letters had theirs
         ordering = ["-captured_at", "-dl_seq"]
         # Each filter's index also serves the page's order, so a page of 50 does not
-        # sort every match first (bench/deadletter_search.py).
+        # sort every match first, and ends with status, so that a count (which leaves
+        # purged letters out) reads the index alone (bench/deadletter_search.py).
+        # PostgreSQL has one more, on subject COLLATE "C", for wildcard subjects
+        # (migration 0003; search.py).
         constraints = [models.UniqueConstraint(fields=["generation", "dl_seq"],
                                                name="deadletter_generation_seq")]
-        indexes = [models.Index(fields=["stream", "consumer", "-captured_at", "-dl_seq"]),
-                   models.Index(fields=["correlation_id", "-captured_at", "-dl_seq"]),
+        indexes = [models.Index(fields=["stream", "consumer", "-captured_at", "-dl_seq", "status"],
+                                name="dl_stream_consumer_at"),
+                   models.Index(fields=["consumer", "-captured_at", "-dl_seq", "status"],
+                                name="dl_consumer_at"),
+                   models.Index(fields=["subject", "-captured_at", "-dl_seq", "status"],
+                                name="dl_subject_at"),
+                   models.Index(fields=["reason", "-captured_at", "-dl_seq", "status"],
+                                name="dl_reason_at"),
+                   models.Index(fields=["message_type", "-captured_at", "-dl_seq", "status"],
+                                name="dl_type_at"),
+                   models.Index(fields=["correlation_id", "-captured_at", "-dl_seq", "status"],
+                                name="dl_correlation_at"),
                    models.Index(fields=["status", "captured_at"])]
 
     def __str__(self) -> str:
@@ -78,6 +91,9 @@ class Replay(models.Model):
     state = models.CharField(max_length=16, default=PUBLISHED,
                              choices=[(s, s) for s in (PUBLISHING, PUBLISHED, UNKNOWN)])
     target_seq_before = models.BigIntegerField(null=True)
+    # An edited replay's message whole (payload, its encoding, headers, sha256); null when
+    # the letter was sent as stored (the original stays in DEAD_LETTERS either way).
+    edit = models.JSONField(null=True, blank=True)
     generation = models.CharField(max_length=64, blank=True)  # the dead letter's DEAD_LETTERS
 
     class Meta:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 
+from django.db import connection
 from django.utils import timezone
 
 from kernel.actions import ActionError, audited
@@ -29,8 +30,10 @@ from lucent_bus import deadletters as dl
 from lucent_bus import jetstream as js
 from lucent_bus import subjects
 from lucent_bus import sync as bus_sync
+from lucent_bus.client import connect
 from streams.replay import check_target
 
+from . import edits
 from .models import DeadLetter, Replay
 from .search import current_generation, get, same_letter
 
@@ -50,40 +53,52 @@ SHARD_MIN = 20 * BATCH
 
 
 
-def replay_msg_id(letter_seq: int, subject: str, generation: str = "") -> str:
-    """The replay's dedup id: the letter (its DEAD_LETTERS generation and sequence) and the
-    target, so the same letter sent twice is one message, and a letter of a later
-    DEAD_LETTERS at the same sequence is another."""
+def replay_msg_id(letter_seq: int, subject: str, generation: str = "",
+                  edit_digest: str = "") -> str:
+    """The replay's dedup id: the letter (its DEAD_LETTERS generation and sequence), the
+    edit (the digest of the edited message, if edited) and the target, so the same
+    letter sent twice is one message, the same edit retried is one message, a
+    different edit is another, and a letter of a later DEAD_LETTERS at the same
+    sequence is another."""
     gen = hashlib.sha1(generation.encode()).hexdigest()[:8] if generation else ""
-    return (f"replay:{gen + ':' if gen else ''}{letter_seq}:"
+    edit = f"e{edit_digest[:16]}:" if edit_digest else ""
+    return (f"replay:{gen + ':' if gen else ''}{letter_seq}:{edit}"
             f"{hashlib.sha1(subject.encode()).hexdigest()[:12]}")
 
 
 
-def replay_headers(stored: dict, letter_seq: int, subject: str, generation: str = "") -> dict:
-    headers = {k: v for k, v in stored.items()
-               if not k.startswith(("Lucent-DL-", "Nats-")) and k != "Status"}
-    headers["Nats-Msg-Id"] = replay_msg_id(letter_seq, subject, generation)
+def replay_headers(stored: dict, letter_seq: int, subject: str, generation: str = "",
+                   edit_digest: str = "") -> dict:
+    headers = edits.visible(stored)
+    headers["Nats-Msg-Id"] = replay_msg_id(letter_seq, subject, generation, edit_digest)
     headers["Lucent-Replay-Of"] = str(letter_seq)
+    if edit_digest:
+        headers["Lucent-Replay-Edit"] = edit_digest[:16]
     return headers
 
 
 
-async def _replay_one(nc, letter: DeadLetter, subject: str | None, remove_original: bool) -> dict:
-    """Publish one dead letter again; returns the PubAck and target."""
+async def _replay_one(nc, letter: DeadLetter, subject: str | None, remove_original: bool,
+                      edit: edits.Edit | None = None) -> dict:
+    """Publish one dead letter again (edited, with ``edit``); returns the PubAck and
+    target."""
     row = (letter.pk, letter.dl_seq, letter.stream, letter.stream_seq, letter.subject,
            letter.generation)
-    [(_, result)] = await _replay_rows(nc, [row], subject, remove_original, RateLimit(None))
+    [(_, result)] = await _replay_rows(nc, [row], subject, remove_original, RateLimit(None),
+                                       edit)
     if isinstance(result, Exception):
         raise result if isinstance(result, ActionError) else ActionError(str(result))
     return result
 
 
 
-def replay(user, dl_id, subject: str | None = None, remove_original: bool = False) -> dict:
-    """Replay one dead letter (operator). Audited; refused or failed changes nothing."""
+def replay(user, dl_id, subject: str | None = None, remove_original: bool = False,
+           edit: edits.Edit | None = None) -> dict:
+    """Replay one dead letter (operator), as stored or with ``edit`` applied. Audited
+    (an edit with both versions); refused or failed changes nothing."""
     subject = (subject or "").strip() or None
-    with audited(user, "deadletter.replay", str(dl_id),
+    action = "deadletter.replay_edited" if edit else "deadletter.replay"
+    with audited(user, action, str(dl_id),
                  {"subject": subject, "remove_original": remove_original}, "operator") as outcome:
         letter = get(dl_id)
         if letter.status == DeadLetter.PURGED:
@@ -92,13 +107,19 @@ def replay(user, dl_id, subject: str | None = None, remove_original: bool = Fals
 
         async def go(nc):
             await check_target(nc, target)
-            return await _replay_one(nc, letter, target, remove_original)
+            return await _replay_one(nc, letter, target, remove_original, edit)
 
         result = bus_sync.with_client(go)
+        edited = result.pop("edited", None)
+        if edit:
+            outcome.parameters = {"original": result.pop("original"),
+                                  "edited": result.pop("edited_version")}
+            result["edit_sha256"] = edited["sha256"]
         Replay.objects.create(dead_letter=letter, username=getattr(user, "username", ""),
                               subject=result["subject"], msg_id=result["msg_id"],
                               stream=result["stream"], seq=result["seq"],
-                              duplicate=result["duplicate"], generation=letter.generation)
+                              duplicate=result["duplicate"], generation=letter.generation,
+                              edit=edited)
         letter.status = DeadLetter.REPLAYED
         letter.save(update_fields=["status"])
         outcome.detail = (f"to {result['subject']}: {result['stream']} seq {result['seq']}"
@@ -132,7 +153,6 @@ def record_replays(job: Job, results: list, username: str) -> int:
     row: each gives up the GIL and waits to get it back from the bus loop, which
     is busy at the same time).
     """
-    from django.db import connection
 
     ok = [(row, result) for row, result in results if isinstance(result, dict)]
     if not ok:
@@ -168,6 +188,8 @@ def replay_batch(batch: list[tuple], params: dict, limiter: RateLimit) -> list:
     return retrying(go)
 
 
+SHARD = "replay-shard"  # the helper process (kernel.helper), registered in apps.py
+
 
 class Shard(Helper):
     """A helper process that replays the rows it is sent (``_replay_rows`` on a bus
@@ -175,7 +197,7 @@ class Shard(Helper):
     dies or fails, the caller replays those rows itself: the same ids make the
     repeat harmless."""
 
-    TARGET = "deadletters.replay:shard_handler"
+    TARGET = SHARD
 
     def replay(self, rows: list[tuple], subject: str | None, remove_original: bool) -> list:
         try:
@@ -187,7 +209,6 @@ class Shard(Helper):
 
 def shard_handler():
     """In the helper process: a bus connection, and the function replaying rows on it."""
-    from lucent_bus.client import connect
 
     loop = asyncio.new_event_loop()
     nc = loop.run_until_complete(connect("replay-shard", retry_initial=False))
@@ -258,14 +279,35 @@ async def read_letters(nc, seqs: list[int], batched: bool | None = None) -> dict
 
 
 
+def _message(row: tuple, target: str, msg: dict, edit: edits.Edit | None) -> tuple:
+    """(subject, data, headers) to publish for one letter, edited or as stored."""
+    if edit is None:
+        return target, msg["data"], replay_headers(msg["headers"], row[1], target, row[5])
+    data, headers = edit.apply(msg["data"], msg["headers"])
+    sent = edits.digest(data, headers)
+    # An "edit" that changes nothing is the letter as stored: the same id as a plain replay.
+    same = sent == edits.digest(msg["data"], edits.visible(msg["headers"]))
+    return target, data, replay_headers(headers, row[1], target, row[5], "" if same else sent)
+
+
+def _versions(msg: dict, data: bytes, sent_headers: dict) -> dict:
+    """Both versions of an edited replay: the original and the edit, for the audit
+    (digests, headers, first characters) and the replay row (the edit whole)."""
+    headers = edits.visible(sent_headers)
+    return {"original": edits.version(msg["data"], edits.visible(msg["headers"])),
+            "edited_version": edits.version(data, headers),
+            "edited": edits.stored_form(data, headers)}
+
+
 async def _replay_rows(nc, rows: list[tuple], subject: str | None, remove_original: bool,
-                       limiter: RateLimit) -> list:
+                       limiter: RateLimit, edit: edits.Edit | None = None) -> list:
     """Read, publish pipelined, wait for every PubAck; [(row, result or ActionError)].
 
     Rows are (pk, dl_seq, stream, stream_seq, subject, generation). A letter whose
     stored copy is gone or belongs to another DEAD_LETTERS generation fails, as does
     one whose target no stream stores (ActionError; it stays); a missing PubAck or a
     JetStream not yet ready raises JetStreamError, for the caller to repeat the batch.
+    ``edit`` (single replays) replaces the payload and/or headers of every row.
     """
     stored = await read_letters(nc, [row[1] for row in rows])
     current = await current_generation(nc)
@@ -278,20 +320,20 @@ async def _replay_rows(nc, rows: list[tuple], subject: str | None, remove_origin
             out[i] = (row, ActionError(f"dead letter {row[1]} is no longer in DEAD_LETTERS"))
         elif not same_letter(row[5], row[2], row[3], msg, current):
             out[i] = (row, ActionError("no longer available: stored in an earlier DEAD_LETTERS"))
-        elif msg["headers"].get(dl.H_PAYLOAD) == "missing":
-            out[i] = (row, ActionError("payload unavailable: nothing to replay"))
+        elif msg["headers"].get(dl.H_PAYLOAD) == "missing" and (edit is None or edit.data is None):
+            out[i] = (row, ActionError("payload unavailable: nothing to replay (an edit "
+                                       "that gives the payload can still send it)"))
         elif not target:
             out[i] = (row, ActionError("the original subject is unknown: give a subject"))
         elif subjects.reserved(target, True):  # an original subject may be the bus's own
             out[i] = (row, ActionError(subjects.reserved(target, True)))
         else:
             plan.append((i, row, target, msg))
-    messages = [(target, msg["data"], replay_headers(msg["headers"], row[1], target, row[5]))
-                for _, row, target, msg in plan]
+    messages = [_message(row, target, msg, edit) for _, row, target, msg in plan]
     acks = await js.publish_many(nc, messages, in_flight=PUB_IN_FLIGHT,
                                  before=limiter.wait if limiter.interval else None)
     unstored: dict[str, bool] = {}
-    for (i, row, target, _), (_, _, headers), ack in zip(plan, messages, acks, strict=True):
+    for (i, row, target, msg), (_, data, headers), ack in zip(plan, messages, acks, strict=True):
         if isinstance(ack, js.NoStream):
             if target not in unstored:
                 unstored[target] = not await js.streams_storing(nc, target)
@@ -301,7 +343,8 @@ async def _replay_rows(nc, rows: list[tuple], subject: str | None, remove_origin
         elif isinstance(ack, Exception):
             out[i] = (row, ActionError(str(ack)))
         else:
-            out[i] = (row, {**ack, "subject": target, "msg_id": headers["Nats-Msg-Id"]})
+            out[i] = (row, {**ack, "subject": target, "msg_id": headers["Nats-Msg-Id"],
+                            **(_versions(msg, data, headers) if edit else {})})
     if remove_original:
         async def remove(row):
             try:

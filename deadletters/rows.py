@@ -21,6 +21,8 @@ from lucent_bus import deadletters as dl
 from lucent_bus import envelope
 from lucent_bus import jetstream as js
 
+from .models import DeadLetter
+
 log = logging.getLogger("lucent.capture")
 
 PIPELINE = "deadletter-index"  # Quarantined.pipeline
@@ -35,7 +37,6 @@ DATA_ERRORS = (DataError, OverflowError, ValueError, TypeError, UnicodeError)
 
 
 def _field_limits() -> dict[str, int]:
-    from .models import DeadLetter
 
     return {f.name: f.max_length for f in DeadLetter._meta.fields if f.max_length}
 
@@ -117,7 +118,6 @@ def row_from(subject: str, dl_seq: int, headers: dict | None, data: bytes, at: d
              generation: str = ""):
     """A ``DeadLetter`` row from one DEAD_LETTERS message (captured or explicit); never
     raises: a field that cannot be read is left empty and named in ``malformed``."""
-    from .models import DeadLetter
 
     data = bytes(data or b"")
     headers = dict(headers or {})
@@ -139,7 +139,6 @@ def row_from(subject: str, dl_seq: int, headers: dict | None, data: bytes, at: d
 
 def _row(subject: str, dl_seq: int, headers: dict, data: bytes, at: datetime, generation: str,
          sum_: str):
-    from .models import DeadLetter
 
     limits = _field_limits()
     bad: list[str] = []
@@ -191,7 +190,6 @@ def _same(known: tuple[str, str, dict], row) -> bool:
 def _resolve(rows: list) -> list:
     """The rows that are new: a repeat of a stored (or earlier in ``rows``) message is
     dropped; a different message at a known key is moved to a generation of its own."""
-    from .models import DeadLetter
 
     seen: dict[tuple[str, int], tuple[str, str, dict]] = {}
     if rows:
@@ -233,7 +231,6 @@ def store_rows(rows: list) -> int:
         return 0
     try:
         with transaction.atomic():
-            from .models import DeadLetter
 
             DeadLetter.objects.bulk_create(rows, batch_size=500)
         return len(rows)
@@ -281,7 +278,6 @@ def _store_one(row, attempt: int = 0) -> int:
 
 def _emptied(row):
     """The row with every optional field empty and the rest plain ASCII."""
-    from .models import DeadLetter
 
     return DeadLetter(dl_seq=row.dl_seq, generation=quarantine.safe(row.generation, 64),
                       digest=quarantine.safe(row.digest, 40), malformed="all",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
+from kernel.actions import ActionError
 from kernel.serializers import (
     FiniteFloatField,
     StrictBooleanField,
@@ -15,6 +16,7 @@ from kernel.serializers import (
     optional_text,
 )
 
+from . import edits
 from .models import DeadLetter
 from .search import MAX_IDS
 
@@ -109,6 +111,24 @@ class DeadLetterReplaySerializer(StrictSerializer):
     subject = optional(SubjectField, publish=True, replay=True, allow_blank=True,
                         help_text="replay to this subject (unset: the original subject)")
     remove_original = optional(StrictBooleanField)
+    payload = optional(TextField, allow_blank=True, trim_whitespace=False,
+                       max_length=2 * 1024 * 1024,
+                       help_text="edit: send this payload instead of the stored one")
+    payload_encoding = optional(serializers.ChoiceField, choices=["text", "base64"],
+                                help_text="of an edited payload (default text)")
+    headers = optional(serializers.DictField, child=TextField(allow_blank=True,
+                                                              trim_whitespace=False),
+                       help_text="edit: send these headers instead of the stored ones")
+
+    def validate(self, data):
+        # The edit's own rules (sizes, header names, reserved headers) in one place,
+        # shared with the page: edits.parse raises ActionError, a 400 here.
+        try:
+            data["edit"] = edits.parse(data.get("payload"), data.get("payload_encoding"),
+                                       data.get("headers"))
+        except ActionError as exc:
+            raise serializers.ValidationError({"edit": [str(exc)]}) from None
+        return data
 
 
 
@@ -130,7 +150,8 @@ class DeadLetterRow(serializers.Serializer):
 
 
 class DeadLetterPage(serializers.Serializer):
-    count = serializers.IntegerField()
+    count = serializers.IntegerField(help_text="at most 10,000: see count_capped")
+    count_capped = serializers.BooleanField(help_text="the count stopped at its cap: at least this many")
     next = serializers.CharField(allow_null=True)
     previous = serializers.CharField(allow_null=True)
     results = DeadLetterRow(many=True)
@@ -151,6 +172,8 @@ class Replayed(serializers.Serializer):
     stream = serializers.CharField()
     seq = serializers.IntegerField()
     duplicate = serializers.BooleanField()
+    edit_sha256 = serializers.CharField(
+        required=False, help_text="an edited replay: the digest of the message sent")
 
 
 

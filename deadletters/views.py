@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 from urllib.parse import urlencode
 
-from django.core.paginator import Paginator
-from django.db.models import Q
+from django.db.models import Count, Q
 from django.http import Http404
 from django.shortcuts import render
 from django.urls import reverse
@@ -17,7 +17,7 @@ from kernel.models import Job, Quarantined
 from lucent_bus import deadletters as dl
 from streams.operations import current_snapshot
 
-from . import plans, replay, search
+from . import edits, plans, replay, search
 from .models import DeadLetter
 
 PER_PAGE = 50
@@ -44,7 +44,6 @@ def earlier_generation(letter: DeadLetter, current: str | None) -> bool:
 
 def quarantined() -> dict[str, int]:
     """pipeline -> messages it set aside (``Quarantined``)."""
-    from django.db.models import Count
 
     return dict(Quarantined.objects.order_by().values_list("pipeline").annotate(n=Count("id")))
 
@@ -57,14 +56,16 @@ def listing(params) -> dict:
     except ActionError as exc:
         filters, error = {}, str(exc)
     qs = search.filtered(filters)
-    page = Paginator(qs, PER_PAGE).get_page(params.get("page"))
+    # The count stops at search.COUNT_CAP: "10,000+" rather than a count of every row.
+    page = search.CappedPaginator(qs, PER_PAGE, filters).get_page(params.get("page"))
     page.object_list = list(page.object_list)
     current = current_generation()
     for letter in page.object_list:
         letter.earlier = earlier_generation(letter, current)
     counts = quarantined()
     return {"filters": filters, "error": error, "letters": page, "groups": chips(filters, qs),
-            "total": page.paginator.count, "quarantined": sum(counts.values()),
+            "total": page.paginator.shown, "total_capped": page.paginator.capped,
+            "quarantined": sum(counts.values()),
             "quarantined_by": sorted(counts.items()), "filter_pairs": pairs(filters)}
 
 
@@ -170,8 +171,9 @@ def dl_detail(request, pk: int):
         raise Http404(str(exc)) from None
     letter.earlier = earlier_generation(letter, current_generation())
     newer, older = neighbours(letter)
+    stored = search.load(letter)
     return render(request, "deadletters/detail.html", {
-        "d": letter, "stored": search.load(letter), "page": "deadletters",
+        "d": letter, "stored": stored, "page": "deadletters", "edit": edit_form(letter, stored),
         "replays": letter.replays.order_by("-at")[:50], "newer": newer, "older": older})
 
 
@@ -182,6 +184,40 @@ def _result(request, letter_id, message="", error: ActionError | None = None):
                   status=error.status if error else 200)
 
 
+def edit_form(letter: DeadLetter, stored: dict) -> dict:
+    """What the edit form starts from: the stored payload as text (or base64 when it is
+    not UTF-8) and the headers a replay would carry, one "Name: value" a line."""
+    data = stored.get("data") or b""
+    try:
+        payload, encoding = data.decode("utf-8"), "text"
+    except UnicodeDecodeError:
+        payload, encoding = base64.b64encode(data).decode(), "base64"
+    headers = edits.visible(stored.get("headers") or {})
+    return {"payload": payload if stored.get("available") else "", "encoding": encoding,
+            "headers": "\n".join(f"{k}: {v}" for k, v in headers.items())}
+
+
+def _edit_asked(request) -> edits.Edit | None:
+    """The edit the form posted (ActionError when it is not valid), or None."""
+    if request.POST.get("edit") != "1":
+        return None
+    return edits.parse(request.POST.get("payload", ""), request.POST.get("encoding") or "text",
+                       edits.parse_header_lines(request.POST.get("headers", "")))
+
+
+def _edit_summary(letter: DeadLetter, edit: edits.Edit) -> dict:
+    """The confirmation's account of an edit: what changed against the stored copy."""
+    stored = search.load(letter)
+    old_headers = edits.visible(stored.get("headers") or {})
+    data, headers = edit.apply(stored.get("data") or b"", old_headers)
+    return {"payload_changed": data != (stored.get("data") or b""), "bytes": len(data),
+            "sha256": edits.digest(data, headers),
+            "added": sorted(set(headers) - set(old_headers)),
+            "removed": sorted(set(old_headers) - set(headers)),
+            "changed": sorted(k for k in headers if k in old_headers
+                              and headers[k] != old_headers[k])}
+
+
 @require_POST
 def dl_replay(request, pk: int):
     """A replay names what it will do and waits for a second click, as purge does."""
@@ -189,18 +225,22 @@ def dl_replay(request, pk: int):
         try:
             plans.require_operator(request.user)
             letter = search.get(pk)
+            edit = _edit_asked(request)
         except ActionError as exc:
             return _result(request, pk, error=exc)
         return render(request, "deadletters/replay_confirm.html", {
             "d": letter, "subject": (request.POST.get("subject") or "").strip() or letter.subject,
-            "remove_original": request.POST.get("remove_original") == "1"})
+            "remove_original": request.POST.get("remove_original") == "1",
+            "edit": _edit_summary(letter, edit) if edit else None, "form": request.POST})
     try:
+        edit = _edit_asked(request)
         result = replay.replay(request.user, pk, request.POST.get("subject"),
-                            request.POST.get("remove_original") == "1")
+                               request.POST.get("remove_original") == "1", edit)
     except ActionError as exc:
         return _result(request, pk, error=exc)
     dup = " (already there: deduplicated)" if result["duplicate"] else ""
-    return _result(request, pk, f"Replayed to {result['subject']}: {result['stream']} "
+    what = "Edited letter replayed" if edit else "Replayed"
+    return _result(request, pk, f"{what} to {result['subject']}: {result['stream']} "
                                 f"#{result['seq']}{dup}.")
 
 

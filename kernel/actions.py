@@ -2,7 +2,8 @@
 
 Service functions wrap their work in ``audited(...)``: the record is written
 whatever happens, with outcome ``ok``, ``refused`` (role check failed: nothing
-was done) or ``failed`` (bad input or the bus said no: nothing was done).
+was done), ``failed`` (bad input or the bus said no: nothing was done) or ``unknown``
+(the bus did not confirm a write in time: it may still be stored when it answers).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import json
 import math
 from contextlib import contextmanager
 from typing import Any
+
+from django.db import DatabaseError, transaction
 
 from lucent_bus import subjects
 
@@ -32,9 +35,26 @@ class Refused(ActionError):
     status = 403
 
 
+class Conflict(ActionError):
+    """What the action was based on has changed since it was read (nothing was done)."""
+
+    status = 409
+
+
+class OutcomeUnknown(ActionError):
+    """A write the bus did not confirm in time (a frozen or slow server stores what was
+    written to it when it wakes): not "nothing was done". Answered 400 like a failure,
+    recorded as ``unknown``; the message says how to find out."""
+
+
 class Outcome:
+    """What an action tells its audit record as it goes: ``detail`` (the result) and
+    ``parameters`` (more to record, learned while acting, e.g. both versions of an
+    edited replay), added to the record's parameters whatever the outcome."""
+
     def __init__(self) -> None:
         self.detail = ""
+        self.parameters: dict | None = None
 
 
 # How much of an action's parameters the audit keeps: enough to see what was asked,
@@ -85,8 +105,6 @@ def safe_parameters(parameters: Any) -> dict:
 
 def _save(record: AuditRecord) -> None:
     """Store the record; whatever the parameters, the attempt itself is recorded."""
-    from django.db import DatabaseError, transaction
-
     record.detail = (record.detail or "")[:MAX_DETAIL]
     try:
         with transaction.atomic():
@@ -107,8 +125,14 @@ def audited(user, action: str, target: str, parameters: dict, role: str):
         if not has_role(user, role):
             raise Refused(f"{action} needs the {role} role")
         yield outcome
+        if outcome.parameters:
+            record.parameters = safe_parameters({**(parameters or {}), **outcome.parameters})
     except Refused as exc:
         record.outcome, record.detail = "refused", str(exc)
+        _save(record)
+        raise
+    except OutcomeUnknown as exc:
+        record.outcome, record.detail = "unknown", str(exc)
         _save(record)
         raise
     except ActionError as exc:
@@ -129,3 +153,18 @@ def refuse_reserved(subject: str, replay: bool = False) -> None:
     reason = subjects.reserved(subject, replay)
     if reason:
         raise ActionError(reason)
+
+
+def guard_own(admin: bool, what: str, reason: str | None, confirmed: bool) -> None:
+    """The console's own part ``what`` (``reason``: what breaks, from ``lucent_bus.own``;
+    None when it is not the console's): only an admin who confirmed the warning changes
+    it. Refused (403, audited as refused) otherwise, naming what breaks. ``admin`` is
+    asked by the caller (``has_role(user, "admin")``) where the database may be read."""
+    if not reason:
+        return
+    if not admin:
+        raise Refused(f"{what} is the console's own: {reason}. Only an admin may change it.")
+    if not confirmed:
+        raise Refused(f"{what} is the console's own: {reason}. Confirm this warning to change "
+                      'it (the page\'s box, "confirm_own": true in the API, --confirm-own on '
+                      "the command line).")

@@ -37,6 +37,8 @@ def exception_handler(exc, context):
 
 # Error answers every action may give (documented once, referenced by each view).
 ERRORS = {400: ErrorSerializer, 403: ErrorSerializer, 404: ErrorSerializer}
+# An edit made on what was read (a KV revision, a previewed config) that changed since.
+EDIT_ERRORS = {**ERRORS, 409: ErrorSerializer}
 READ_ERRORS = {403: ErrorSerializer, 503: ErrorSerializer}
 
 

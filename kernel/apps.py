@@ -15,6 +15,8 @@ class KernelConfig(AppConfig):
     verbose_name = "Lucent Console"
 
     def ready(self) -> None:
+        # Imported here: axes' signals and our handler's module load models, which need the
+        # app registry ready.
         from axes.signals import user_locked_out
 
         from .signals import record_lockout

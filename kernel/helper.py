@@ -1,11 +1,13 @@
 """Helper processes: work that needs a core of its own, off the caller's GIL.
 
-A helper is a child Python running ``django.setup()`` and one handler, named
-``"module:factory"``: the factory is called once in the child and returns the
-function that ``Helper.call`` runs there. Arguments and results travel pickled
-over the child's stdin and stdout, one call at a time. Used by the bulk replay
-(``deadletters.replay.Shard``: a share of each batch on a bus connection of its own) and
-by the trace index (``traces.indexer``: database writes under load).
+A helper is a child Python running ``django.setup()`` and one handler, found by a
+short name in ``HANDLERS``: apps ``register(name, factory)`` in their
+``AppConfig.ready`` (this module knows no app); the factory is called once in the
+child and returns the function that ``Helper.call`` runs there. Arguments and results
+travel pickled over the child's stdin and stdout, one call at a time. Used by the bulk
+replay (``replay-shard``, ``deadletters.replay.Shard``: a share of each batch on a bus
+connection of its own) and by the trace index (``trace-writer``, ``traces.writer``:
+database writes under load).
 
 The child works on the caller's database (``connection.settings_dict["NAME"]``,
 so a test database stays the test database). If it dies, ``call`` raises
@@ -19,7 +21,10 @@ import os
 import pickle
 import subprocess
 import sys
-from importlib import import_module
+from collections.abc import Callable
+
+from django.conf import settings
+from django.db import connection, connections
 
 
 class HelperError(Exception):
@@ -30,13 +35,31 @@ class HelperGone(HelperError):
     """The child is gone: the last call may or may not have taken effect."""
 
 
+# short name -> factory, called once in the child, returning the handler of its calls
+HANDLERS: dict[str, Callable[[], Callable]] = {}
+
+
+def register(name: str, factory: Callable[[], Callable]) -> None:
+    """Make ``factory`` the helper ``name`` (from an app's ``AppConfig.ready``)."""
+    HANDLERS[name] = factory
+
+
+def resolve(name: str) -> Callable[[], Callable]:
+    """The factory registered as ``name``; ``HelperError`` if there is none."""
+    try:
+        return HANDLERS[name]
+    except KeyError:
+        raise HelperError(f"no helper registered as {name!r} "
+                          f"(registered: {', '.join(sorted(HANDLERS)) or 'none'})") from None
+
+
 class Helper:
     # Replies go to a copy of stdout; stdout itself then points at stderr, so nothing
     # printed on the way (Django, logging) can corrupt them.
     CODE = ("import os, sys; out = os.fdopen(os.dup(1), 'wb'); os.dup2(2, 1); "
             "import django; django.setup(); from kernel import helper; "
             "helper.serve(sys.argv[1], out)")
-    TARGET = ""
+    TARGET = ""  # a name registered with ``register``
 
     def __init__(self, proc: subprocess.Popen) -> None:
         self.proc = proc
@@ -48,15 +71,15 @@ class Helper:
 
     @classmethod
     def start(cls, target: str | None = None) -> Helper | None:
-        """The child process, or None if it cannot be started."""
-        from django.conf import settings
-        from django.db import connection
-
+        """The child process, or None if it cannot be started. ``HelperError`` if no
+        helper is registered under the name (a programming error, not a fault)."""
+        target = target or cls.TARGET
+        resolve(target)
         env = dict(os.environ)
         if connection.settings_dict.get("NAME"):
             env["LUCENT_HELPER_DB"] = str(connection.settings_dict["NAME"])
         try:
-            proc = subprocess.Popen([sys.executable, "-c", cls.CODE, target or cls.TARGET],
+            proc = subprocess.Popen([sys.executable, "-c", cls.CODE, target],
                                     cwd=settings.BASE_DIR, env=env,
                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         except OSError:
@@ -124,15 +147,11 @@ class Helper:
 
 def serve(target: str, out) -> None:
     """The child: run each call that arrives on stdin until it closes."""
-    from django.conf import settings
-    from django.db import connections
-
     name = os.environ.get("LUCENT_HELPER_DB")
     if name:
         settings.DATABASES["default"]["NAME"] = name
         connections["default"].settings_dict["NAME"] = name
-    module, factory = target.split(":")
-    handler = getattr(import_module(module), factory)()
+    handler = resolve(target)()
     while True:
         try:
             args = pickle.load(sys.stdin.buffer)

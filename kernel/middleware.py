@@ -7,6 +7,7 @@ from django.core.exceptions import DisallowedHost
 from django.http import JsonResponse
 from django.shortcuts import render
 from django.utils.deprecation import MiddlewareMixin
+from rest_framework.views import APIView
 
 from .roles import audit_refusal, has_role
 
@@ -17,8 +18,6 @@ OPEN_PREFIXES = ("/login/", "/logout/", "/healthz", "/metrics", "/static/", "/ad
 
 
 def _is_drf_view(view_func) -> bool:
-    from rest_framework.views import APIView
-
     cls = getattr(view_func, "cls", None)
     return isinstance(cls, type) and issubclass(cls, APIView)
 

@@ -37,10 +37,12 @@ class AuditRecord(models.Model):
 
     Written by the service layer for every action, refused and failed ones
     included (outcome ``refused`` / ``failed``): a refused action changes
-    nothing but the audit trail.
+    nothing but the audit trail. ``unknown``: a write the bus did not confirm in time
+    (it may still be stored; the detail says how to find out).
     """
 
-    OUTCOMES = [("ok", "ok"), ("refused", "refused"), ("failed", "failed")]
+    OUTCOMES = [("ok", "ok"), ("refused", "refused"), ("failed", "failed"),
+                ("unknown", "unknown: the bus did not confirm in time")]
 
     at = models.DateTimeField(default=timezone.now, db_index=True)
     user = models.ForeignKey("auth.User", null=True, blank=True, on_delete=models.SET_NULL)

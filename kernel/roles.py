@@ -1,6 +1,7 @@
 """Roles are Django groups; each role includes the ones below it."""
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from rest_framework.permissions import BasePermission
 
 ORDER = ("viewer", "operator", "admin")
 
@@ -28,8 +29,6 @@ def HasRole(role: str) -> type:  # noqa: N802 - used like a class: HasRole("view
     DRF instantiates the classes it is given, so this builds one per role rather
     than taking the role in ``__init__``; settings name ``IsViewer`` below.
     """
-    from rest_framework.permissions import BasePermission
-
     class _HasRole(BasePermission):
         message = f"This needs the {role} role."
 

@@ -10,12 +10,15 @@ wherever it comes from.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
+from django.http.request import RawPostDataException
 from rest_framework import serializers
-from rest_framework.exceptions import ErrorDetail
+from rest_framework.exceptions import ErrorDetail, ParseError, UnsupportedMediaType
 from rest_framework.settings import api_settings
 
 from lucent_bus import subjects
@@ -151,8 +154,6 @@ class TimeTextField(TextField):
     """An ISO time, kept as the text given (job parameters are JSON), checked here."""
 
     def to_internal_value(self, data: Any) -> str:
-        from datetime import datetime
-
         value = super().to_internal_value(data)
         if value:
             try:
@@ -167,7 +168,12 @@ class TimeTextField(TextField):
 
 class StrictSerializer(serializers.Serializer):
     """A JSON object of the declared fields only: an unknown key is an error, not ignored
-    (a misspelt ``subjet`` must not turn a filtered purge into a purge of everything)."""
+    (a misspelt ``subjet`` must not turn a filtered purge into a purge of everything).
+
+    null and "" mean "not given", except for the text fields named in ``clearable``,
+    where "" clears the value (an edit's description, a consumer's filter)."""
+
+    clearable: frozenset[str] = frozenset()
 
     def to_internal_value(self, data: Any) -> dict:
         if not isinstance(data, Mapping):
@@ -183,7 +189,8 @@ class StrictSerializer(serializers.Serializer):
             data = {k: v for k, v in data.items() if k != "csrfmiddlewaretoken"}
         values = super().to_internal_value(data)
         # null and "" mean "not given": validate() and the services see only given values.
-        return {k: v for k, v in values.items() if v is not None and v != ""}
+        return {k: v for k, v in values.items()
+                if v is not None and (v != "" or k in self.clearable)}
 
     def create(self, validated_data):  # pragma: no cover - validation only
         raise NotImplementedError
@@ -204,8 +211,6 @@ class ErrorSerializer(serializers.Serializer):
 
 def raw_text(data: Any) -> str:
     """A body as text for the audit, clipped."""
-    import json
-
     if isinstance(data, (bytes, bytearray)):
         text = bytes(data[:RAW_BODY_CHARS * 4]).decode("utf-8", "replace")
     elif isinstance(data, str):
@@ -223,9 +228,6 @@ def raw_text(data: Any) -> str:
 def request_data(request) -> tuple[Any, str | None, str]:
     """The parsed body, why it could not be parsed (or None), and the body as text for
     the audit (as sent: ``1e400`` stays ``1e400``, not the ``inf`` it parses to)."""
-    from django.http.request import RawPostDataException
-    from rest_framework.exceptions import ParseError, UnsupportedMediaType
-
     django_request = getattr(request, "_request", request)
     try:
         # Read before DRF parses it: Django keeps the bytes for the parser to re-read.

@@ -5,6 +5,8 @@ from __future__ import annotations
 from django.conf import settings
 from django.core.cache import cache
 
+from .models import AuditRecord
+
 
 def record_lockout(sender, request=None, username=None, ip_address=None, **kwargs) -> None:
     """axes' ``user_locked_out``: an AuditRecord ``login.lockout``, once per address.
@@ -13,8 +15,6 @@ def record_lockout(sender, request=None, username=None, ip_address=None, **kwarg
     trying a new username each time would write a row each time. So one row per
     address per cool-off period (a lockout that goes on is recorded again after it).
     """
-    from .models import AuditRecord
-
     ip = ip_address or "unknown"
     if not cache.add(f"lucent:lockout-audited:{ip}", 1,
                      timeout=settings.LUCENT_LOGIN_LOCKOUT_MINUTES * 60):

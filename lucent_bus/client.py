@@ -10,6 +10,7 @@ import time
 from nats import errors
 from nats.aio.client import Client
 
+from . import cancel, own
 from .config import BusConfig
 
 log = logging.getLogger("lucent.bus")
@@ -118,6 +119,54 @@ class BusState:
         }
 
 
+def _state_callbacks(name: str, state: BusState, where: str, holder: list[Client]) -> dict:
+    """nats-py's callbacks keeping ``state`` current and logging (never a secret)."""
+
+    async def on_error(exc: Exception) -> None:
+        state.last_error = f"{type(exc).__name__}: {exc}"
+        log.warning("%s: bus error: %s", name, state.last_error)
+
+    async def on_disconnected() -> None:
+        state.connected_since = None
+        state.disconnected_since = time.time()
+        if holder and holder[0].is_closed:
+            return  # our own close(), not an outage
+        log.warning("%s: disconnected from the bus (%s)", name, where)
+
+    async def on_reconnected() -> None:
+        state.connected_since = time.time()
+        state.disconnected_since = None
+        log.info("%s: reconnected to the bus", name)
+
+    return {"error_cb": on_error, "disconnected_cb": on_disconnected,
+            "reconnected_cb": on_reconnected}
+
+
+async def _connect_once(name: str, config: BusConfig, callbacks: dict,
+                        connect_timeout: float) -> Client:
+    """One try at the first connection; once connected, reconnects are unlimited."""
+    nc = LucentClient()
+    await nc.connect(
+        name=f"lucent-console {name}",
+        # its ordered consumers deliver here: pages tell them apart (own.py)
+        inbox_prefix=own.INBOX_PREFIX,
+        max_reconnect_attempts=1,
+        reconnect_time_wait=0.5,
+        reconnect_to_server_handler=_pick_server,
+        connect_timeout=connect_timeout,
+        ping_interval=PING_INTERVAL_S,
+        max_outstanding_pings=MAX_OUTSTANDING_PINGS,
+        # nats-py would retry a failed *first* connect forever; connect() does it
+        # instead, with backoff and a way out.
+        allow_reconnect=False,
+        **callbacks,
+        **config.connect_options(),
+    )
+    nc.options["allow_reconnect"] = True
+    nc.options["max_reconnect_attempts"] = -1
+    return nc
+
+
 async def connect(
     name: str,
     config: BusConfig | None = None,
@@ -135,48 +184,13 @@ async def connect(
     config = config or BusConfig.from_env()
     state = state or BusState()
     where = ", ".join(config.redacted_servers)
-
-    async def on_error(exc: Exception) -> None:
-        state.last_error = f"{type(exc).__name__}: {exc}"
-        log.warning("%s: bus error: %s", name, state.last_error)
-
     holder: list[Client] = []
-
-    async def on_disconnected() -> None:
-        state.connected_since = None
-        state.disconnected_since = time.time()
-        if holder and holder[0].is_closed:
-            return  # our own close(), not an outage
-        log.warning("%s: disconnected from the bus (%s)", name, where)
-
-    async def on_reconnected() -> None:
-        state.connected_since = time.time()
-        state.disconnected_since = None
-        log.info("%s: reconnected to the bus", name)
-
+    callbacks = _state_callbacks(name, state, where, holder)
     attempt = 0
     while True:
+        cancel.check()  # a SIGTERM's cancel lost in a failed connect must still end this
         try:
-            nc = LucentClient()
-            await nc.connect(
-                name=f"lucent-console {name}",
-                error_cb=on_error,
-                disconnected_cb=on_disconnected,
-                reconnected_cb=on_reconnected,
-                max_reconnect_attempts=1,
-                reconnect_time_wait=0.5,
-                reconnect_to_server_handler=_pick_server,
-                connect_timeout=connect_timeout,
-                ping_interval=PING_INTERVAL_S,
-                max_outstanding_pings=MAX_OUTSTANDING_PINGS,
-                # nats-py would retry a failed *first* connect forever; this loop
-                # does it instead, with backoff and a way out. Once connected,
-                # reconnects are unlimited.
-                allow_reconnect=False,
-                **config.connect_options(),
-            )
-            nc.options["allow_reconnect"] = True
-            nc.options["max_reconnect_attempts"] = -1
+            nc = await _connect_once(name, config, callbacks, connect_timeout)
         except Exception as exc:  # nats-py raises several unrelated types here
             state.last_error = f"{type(exc).__name__}: {exc}"
             if not retry_initial:
@@ -273,9 +287,25 @@ class SharedClient:
             self._watchdogs[key] = loop.create_task(self._watch(loop))
         return nc
 
+    async def forget(self, loop: asyncio.AbstractEventLoop) -> None:
+        """A loop about to close: its connection closed (bounded) and its entries gone, so
+        neither the socket nor the server's client outlives it."""
+        key = id(loop)
+        watchdog = self._watchdogs.pop(key, None)
+        if watchdog is not None and watchdog.get_loop() is loop:
+            watchdog.cancel()
+        known = self._clients.pop(key, None)
+        self._locks.pop(key, None)
+        if known is not None and known[0] is loop and not known[1].is_closed:
+            try:
+                await asyncio.wait_for(known[1].close(), 2)
+            except Exception as exc:  # closing is best effort: the loop closes next
+                log.debug("%s: closing a call's connection: %s", self.name, exc)
+
     async def _watch(self, loop: asyncio.AbstractEventLoop) -> None:
         silent, stuck_since = 0, None
         while True:
+            cancel.check()
             await asyncio.sleep(self.CHECK_S)
             nc = self.current(loop)
             if nc is None:

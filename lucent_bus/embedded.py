@@ -54,8 +54,10 @@ def wait_listening(port: int, timeout: float = 10.0, host: str = "127.0.0.1",
 def server_args(port: int, store_dir: str | Path, *, name: str | None = None,
                 cluster_port: int | None = None, routes: list[int] | None = None,
                 cluster_name: str = "lucent", host: str = "127.0.0.1",
-                extra: list[str] | None = None) -> list[str]:
+                extra: list[str] | None = None, monitor_port: int | None = None) -> list[str]:
     args = [binary(), "-a", host, "-p", str(port), "-js", "-sd", str(store_dir)]
+    if monitor_port:  # HTTP monitoring (varz, connz...) on host:monitor_port
+        args += ["-m", str(monitor_port)]
     if name:
         args += ["-n", name]
     if cluster_port:

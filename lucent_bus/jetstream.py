@@ -10,12 +10,18 @@ that no other module builds a request.
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import json
+from datetime import datetime
 from typing import Any
 
 from nats.aio.client import Client
+from nats.errors import Error as NatsError
 from nats.errors import NoRespondersError
+from nats.errors import NoRespondersError as NoResponders
 from nats.errors import TimeoutError as NatsTimeout
+from nats.js import errors as nats_js_errors
 
 API_PREFIX = "$JS.API"
 
@@ -37,6 +43,7 @@ class JetStreamError(Exception):
 
 # err_code values from nats-server's errors.json that callers test for.
 STREAM_NOT_FOUND = 10059
+WRONG_LAST_SEQUENCE = 10071  # a publish's expected last (subject) sequence is not the last
 CONSUMER_NOT_FOUND = 10014
 REPLICAS_NOT_SUPPORTED = 10074
 INSUFFICIENT_RESOURCES = 10023
@@ -206,7 +213,6 @@ def parse_headers(raw: bytes | None) -> dict[str, str]:
 
 def decode_stored(message: dict) -> dict:
     """A ``STREAM.MSG.GET`` message with its data and headers decoded from base64."""
-    import base64
 
     data = base64.b64decode(message.get("data") or "")
     hdrs = base64.b64decode(message["hdrs"]) if message.get("hdrs") else b""
@@ -216,7 +222,6 @@ def decode_stored(message: dict) -> dict:
 
 def parse_time(value: str | None):
     """RFC 3339 with nanoseconds (as nats-server writes it) -> aware datetime, or None."""
-    from datetime import datetime
 
     if not value:
         return None
@@ -247,15 +252,24 @@ async def message_time_search(nc: Client, stream: str, first: int, last: int, wh
 async def publish(nc: Client, subject: str, data: bytes, headers: dict | None = None,
                   timeout: float = 5.0) -> dict:
     """Publish to JetStream and wait for the PubAck: ``{"stream", "seq", "duplicate"}``."""
-    from nats.errors import NoRespondersError as NoResponders
 
     try:
         ack = await nc.jetstream().publish(subject, data, headers=headers, timeout=timeout)
     except NoResponders:
         raise JetStreamError(f"no stream stores {subject!r}") from None
     except NatsTimeout:
-        raise JetStreamError(f"no PubAck for {subject!r} within {timeout}s") from None
+        raise NoPubAck(f"no PubAck for {subject!r} within {timeout}s") from None
+    except nats_js_errors.APIError as exc:  # the stream refused it (e.g. WRONG_LAST_SEQUENCE)
+        raise JetStreamError(exc.description or str(exc), exc.code or 0, exc.err_code or 0) from None
     return {"stream": ack.stream, "seq": ack.seq, "duplicate": bool(ack.duplicate)}
+
+
+class NoPubAck(JetStreamError):
+    """The message was sent and nothing confirmed it in time: it may still be stored
+    (a frozen server stores what was written to it when it wakes). Not a refusal."""
+
+    UNKNOWN = ("the bus did not confirm in time: the message may still be stored when it "
+               "answers")
 
 
 async def streams_storing(nc: Client, subject: str) -> list[str]:
@@ -315,9 +329,7 @@ async def direct_get_batch(nc: Client, stream: str, seq: int, up_to: int, batch:
 async def _direct_get_once(nc: Client, stream: str, seq: int, batch: int,
                            timeout: float) -> tuple[list[dict], bool]:
     """One batched ``DIRECT.GET``: (messages, whether the stream holds more after them)."""
-    import asyncio
 
-    from nats.errors import Error as NatsError
 
     loop = asyncio.get_running_loop()
     done: asyncio.Future = loop.create_future()
@@ -367,10 +379,12 @@ async def publish_many(nc: Client, messages, *, in_flight: int = 1000, timeout: 
     ``before`` (a coroutine function) is awaited before each publish: a rate limit.
     Raises ``JetStreamError`` when a PubAck does not come within ``timeout`` or the
     connection fails: the caller repeats the whole call (ids make it safe).
-    """
-    import asyncio
 
-    from nats.errors import Error as NatsError
+    Long because the pipelined loop, its ack callback and its cleanup share the futures,
+    the slots and the subscription; it is the hot path of every bulk replay
+    (bench/deadletter_replay.py), kept in one piece on purpose.
+    """
+
 
     messages = list(messages)
     loop = asyncio.get_running_loop()

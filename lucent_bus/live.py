@@ -16,9 +16,13 @@ import zlib
 from collections.abc import Awaitable, Callable
 
 from nats.aio.client import Client
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
 
-DELTA_SUBJECT = "lucent.console.live.delta"
-FULL_SUBJECT = "lucent.console.live.full"
+from . import notify_subjects
+
+DELTA_SUBJECT = notify_subjects.LIVE_DELTA
+FULL_SUBJECT = notify_subjects.LIVE_FULL
 H_SEQ = "Lucent-Seq"
 H_PART = "Lucent-Part"
 
@@ -98,9 +102,6 @@ class NoSnapshot(Exception):
 
 async def fetch_full(nc: Client, timeout: float = 5.0) -> dict:
     """Ask the collector for its whole current snapshot."""
-    from nats.errors import NoRespondersError
-    from nats.errors import TimeoutError as NatsTimeout
-
     inbox = nc.new_inbox()
     done: asyncio.Future = asyncio.get_running_loop().create_future()
     assembler = Assembler()

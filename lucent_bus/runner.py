@@ -1,4 +1,6 @@
-"""Run a bus coroutine from synchronous code (management commands)."""
+"""Long-lived daemons (collector, beat) on a connection of their own until a signal.
+
+One-shot bus calls from synchronous code go through ``lucent_bus.sync``."""
 
 from __future__ import annotations
 
@@ -10,19 +12,6 @@ from nats.aio.client import Client
 
 from .client import connect
 from .config import BusConfig
-
-
-def run_with_bus(name: str, work: Callable[[Client], Awaitable], *, wait: bool = False):
-    """Connect, run ``work(nc)``, close. ``wait``: keep retrying the first connect."""
-
-    async def main():
-        nc = await connect(name, BusConfig.from_env(), retry_initial=wait)
-        try:
-            return await work(nc)
-        finally:
-            await nc.close()
-
-    return asyncio.run(main())
 
 
 def run_until_signalled(name: str, work: Callable[[Client, asyncio.Event], Awaitable]) -> None:

@@ -1,5 +1,7 @@
 """NATS subject matching: ``*`` is exactly one token, ``>`` one or more at the end."""
 
+from . import notify_subjects
+
 
 def matches(pattern: str, subject: str) -> bool:
     """Does the filter ``pattern`` match the literal ``subject``?"""
@@ -41,7 +43,7 @@ def is_valid(subject: str, wildcards: bool = True) -> bool:
 # console sends on an operator's behalf (a probe, a replay) may land there: a probe to
 # `$JS.API.STREAM.DELETE.X` would delete a stream, a replay to `$KV.LUCENT_LEADER.collector`
 # would overwrite the collectors' leader lease.
-RESERVED = ("$JS.>", "$KV.>", "$O.>", "$SYS.>", "_INBOX.>", "lucent.console.>")
+RESERVED = ("$JS.>", "$KV.>", "$O.>", "$SYS.>", "_INBOX.>", notify_subjects.ALL)
 DEAD_LETTERS = "lucent.deadletter.>"
 
 

@@ -11,6 +11,7 @@ long since it was published.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -71,8 +72,6 @@ async def watch_acks(nc: Client, stream: str, cb: Callable[[Ack], Awaitable[None
 
 async def watch_failures(nc: Client, stream: str, cb: Callable[[str, dict], Awaitable[None]]) -> list:
     """``cb(kind, advisory)`` for each MAX_DELIVERIES / MSG_TERMINATED advisory of ``stream``."""
-    import json
-
     async def on_msg(msg):
         try:
             advisory = json.loads(msg.data)

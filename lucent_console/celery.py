@@ -2,6 +2,8 @@ import os
 
 from celery import Celery
 
+from . import broker  # noqa: F401  registers the embedded broker's transport ("lucentfs://")
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "lucent_console.settings")
 
 app = Celery("lucent_console")

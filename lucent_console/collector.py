@@ -32,18 +32,28 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from nats.aio.client import Client
 
+from agents import registry
+from agents.activity import STREAM, AgentActivity, Window
+from agents.hierarchy import Hierarchy
+from agents.registry import ServiceRegistry
+from alerts.engine import Alerting
+from deadletters import index as dl_index
+from deadletters.models import DeadLetter
 from kernel.models import Heartbeat, Lease
-from lucent_bus import envelope, live, watch
+from lucent_bus import cancel, envelope, live, notify_subjects, watch
 from lucent_bus import jetstream as js
+from servers.overview import ServerSampler
 from streams import snapshot as snap
+from traces import indexer as trace_indexer
 
 from . import leader
+from .watched import WatchedStreams
 
 if TYPE_CHECKING:
     from alerts.engine import Alerting
 
 log = logging.getLogger("lucent.collector")
-SERVICES_NOTIFY = "lucent.console.live.services"
+SERVICES_NOTIFY = notify_subjects.LIVE_SERVICES
 EVENT_COALESCE_S = 0.05
 DL_RATE_WINDOW_S = 60  # "dead letters a minute" (the alert rule) counts this window
 
@@ -59,10 +69,6 @@ def _end_with_term(*tasks: asyncio.Task) -> None:
 
 class Collector:
     def __init__(self, nc: Client, interval: float | None = None) -> None:
-        from agents.activity import AgentActivity, Window
-        from agents.hierarchy import Hierarchy
-        from agents.registry import ServiceRegistry
-        from alerts.engine import Alerting
 
         self.nc = nc
         self.interval = interval or settings.LUCENT_SWEEP_INTERVAL
@@ -79,6 +85,13 @@ class Collector:
         self.deadletters_1h = Window(60, 3600)  # from DEAD_LETTERS' last_seq, sweep to sweep
         self.deadletters_1m = Window(5, DL_RATE_WINDOW_S)
         self._dl_last_seq: int | None = None
+        self.server_sampler = ServerSampler()  # snapshot "servers" (monitoring data)
+        self.watched = WatchedStreams(self)  # the streams open pages show, swept fast
+
+    @property
+    def watching_agents(self) -> bool:
+        """The agent stream is followed (``watch_agents`` tries every sweep until it exists)."""
+        return self._watching_agents
 
     async def sweep_once(self) -> dict:
         """Sweep, build, publish the delta. Never raises."""
@@ -90,7 +103,9 @@ class Collector:
             new = snap.failed(self.snapshot, f"{type(exc).__name__}: {exc}")
             new.pop("event", None)
         self._count_deadletters(new)
+        await self.server_sampler.fill(new)
         async with self._lock:
+            self.watched.prefer_fresh(new)
             self._event_tables(new)
             await self._publish(new)
         await self.alerting.evaluate(self.nc, new)
@@ -130,6 +145,7 @@ class Collector:
     async def push_events(self, stop: asyncio.Event) -> None:
         """Between sweeps, publish what events changed, at most every ``EVENT_COALESCE_S``."""
         while not stop.is_set():
+            cancel.check()
             await self._poked.wait()
             await asyncio.sleep(EVENT_COALESCE_S)
             self._poked.clear()
@@ -146,12 +162,12 @@ class Collector:
 
     async def watch_services(self) -> None:
         """Heartbeats update the registry; alerts and config updates are kept."""
-        from agents import registry
 
         async def on_heartbeat(msg):
             self.services.heartbeat(msg.subject, msg.data, msg.headers)
             self.poke()
 
+        @cancel.callback  # it waits on a thread and the bus: a cancel lost there
         async def on_event(msg):
             try:
                 await sync_to_async(registry.store_event)(
@@ -172,8 +188,6 @@ class Collector:
     async def watch_agents(self, seed: bool = True) -> None:
         """Agent jobs, acks, failures and outputs (``agents.activity``). The jobs
         need the agent stream: until topology is applied this is retried every sweep."""
-        from agents.activity import STREAM
-        from deadletters.models import DeadLetter
 
         if self._watching_agents or not self.nc.is_connected:
             return
@@ -239,18 +253,19 @@ class Collector:
                 sender={"serviceId": "console", "instanceId": "collector"})))
 
     async def run(self, stop: asyncio.Event, heartbeat_every: float = 5.0) -> None:
-        from deadletters import index as dl_index
 
         await live.serve_full(self.nc, lambda: self.snapshot)
         await self.watch_services()
-        from traces import indexer as trace_indexer
 
         capturing = asyncio.create_task(dl_index.run(self.nc, stop))
         indexing = asyncio.create_task(trace_indexer.run(self.nc, stop))
         _end_with_term(capturing, indexing)
         pushing = asyncio.create_task(self.push_events(stop))
+        watching = asyncio.create_task(self.watched.run(stop))
+        _end_with_term(pushing, watching)
         last_beat, was_ok = 0.0, None
         while not stop.is_set():
+            cancel.check()
             started = time.monotonic()
             await self.watch_agents()
             ok = (await self.sweep_once()).get("ok")
@@ -264,6 +279,7 @@ class Collector:
             except TimeoutError:
                 pass
         pushing.cancel()
+        watching.cancel()
         await capturing
         await indexing
 
@@ -296,6 +312,7 @@ class BusJudge:
     async def run(self, stop: asyncio.Event) -> None:
         try:
             while not stop.is_set():
+                cancel.check()
                 try:
                     await self.tick()
                 except Exception:
@@ -316,7 +333,6 @@ class BusJudge:
             self.alerting = None  # another collector judges
             return
         if self.alerting is None:
-            from alerts.engine import Alerting
 
             log.warning("collector: no leader on an unreachable bus; %s judges it under the "
                         "database lease %r", self.standing.holder, BUS_JUDGE)

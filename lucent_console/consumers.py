@@ -18,6 +18,10 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.template.loader import render_to_string
 from django.utils.html import format_html
 
+from agents.views import agent_panel, agents_panel, hierarchy_panel, panel, recent_events
+from alerts import actions as alert_actions
+from deadletters.views import listing
+from kernel.roles import has_role
 from streams import operations
 from streams.live import relay
 
@@ -49,8 +53,6 @@ class LiveConsumer(AsyncWebsocketConsumer):
     open = 0  # sockets open in this process (/metrics)
 
     async def connect(self):
-        from kernel.roles import has_role
-
         # Before accept: the handshake is refused (403). A user in no group sees no page,
         # so no live data either.
         if not await database_sync_to_async(has_role)(self.scope["user"], "viewer"):
@@ -65,6 +67,8 @@ class LiveConsumer(AsyncWebsocketConsumer):
         except Exception:
             pass  # bus away: the status fragment says so; the relay starts later
         await self.channel_layer.group_add(relay.group, self.channel_name)
+        self.watched = (self.panel in ("stream", "consumer")
+                        and relay.watch(self.params.get("name", "")))
         await self.accept()
         LiveConsumer.open += 1
         self.counted = True
@@ -77,6 +81,9 @@ class LiveConsumer(AsyncWebsocketConsumer):
         if getattr(self, "counted", False):
             LiveConsumer.open -= 1
             self.counted = False
+        if getattr(self, "watched", False):
+            relay.unwatch(self.params.get("name", ""))
+            self.watched = False
         await self.channel_layer.group_discard(relay.group, self.channel_name)
 
     async def snapshot_updated(self, event):
@@ -89,8 +96,6 @@ class LiveConsumer(AsyncWebsocketConsumer):
                 await self.send(text_data=frame)
 
     def _deadletter_rows(self) -> list[str]:
-        from deadletters.views import listing
-
         data = listing(self.params)
         return [_fragment("fragments/dl_rows.html", **data), format_html(
             '<small id="dl-count" class="muted" hx-swap-oob="true">{}</small>', data["total"])]
@@ -113,7 +118,6 @@ class LiveConsumer(AsyncWebsocketConsumer):
     def panel_services(self, snapshot, changed, full):
         if not (full or changed.get("services")):
             return []
-        from agents.views import panel
 
         return [relay.render_once(("services",), lambda: _fragment(
             "fragments/services_table.html", **panel(snapshot)))]
@@ -121,7 +125,6 @@ class LiveConsumer(AsyncWebsocketConsumer):
     def panel_hierarchy(self, snapshot, changed, full):
         if not (full or changed.get("hierarchy")):
             return []
-        from agents.views import hierarchy_panel
 
         return [relay.render_once(("hierarchy",), lambda: _fragment(
             "fragments/hierarchy_tree.html", **hierarchy_panel(snapshot)))]
@@ -131,13 +134,9 @@ class LiveConsumer(AsyncWebsocketConsumer):
             await self.send(text_data=await database_sync_to_async(self._service_events)())
 
     def _service_events(self) -> str:
-        from agents.views import recent_events
-
         return _fragment("fragments/service_events.html", events=recent_events())
 
     def panel_agents(self, snapshot, changed, full):
-        from agents.views import agents_panel
-
         out = []
         if full or changed.get("agents"):
             out.append(relay.render_once(("agents",), lambda: _fragment(
@@ -148,8 +147,6 @@ class LiveConsumer(AsyncWebsocketConsumer):
         return out
 
     def panel_agent(self, snapshot, changed, full):
-        from agents.views import agent_panel
-
         name = self.params.get("name", "")
         out = []
         if full or changed.get("agents"):
@@ -174,8 +171,6 @@ class LiveConsumer(AsyncWebsocketConsumer):
     def _alerts(self) -> str:
         """Rendered once for all the sockets that show the same list: per alert transition
         (the relay counts them) and at most every 2 s (acknowledge/silence change it too)."""
-        from alerts import actions as alert_actions
-
         key = (relay.alerts_version, int(time.monotonic() / 2), self.panel, self.can_act)
         if key not in relay.alerts_cache:
             if self.panel == "overview":
@@ -213,6 +208,16 @@ class LiveConsumer(AsyncWebsocketConsumer):
         rows = [s for s in listing["rows"] if s["name"] in wanted]
         return [relay.render_once(("stream-row", s["name"]), lambda s=s: _fragment(
             "fragments/stream_row.html", s=s, spark=relay.history)) for s in rows]
+
+    def panel_consumer(self, snapshot, changed, full):
+        """One consumer's page: its figures and pause, from the watched stream's rows."""
+        key = f"{self.params.get('name', '')}/{self.params.get('consumer', '')}"
+        consumer = snapshot["consumers"].get(key)
+        if consumer is None or not (full or key in changed.get("consumers", [])):
+            return []
+        stream = snapshot["streams"].get(consumer["stream"]) or {}
+        return [relay.render_once(("consumer-live", key), lambda: _fragment(
+            "fragments/consumer_live.html", c=consumer, last_seq=stream.get("last_seq", 0)))]
 
     def panel_stream(self, snapshot, changed, full):
         name = self.params.get("name", "")

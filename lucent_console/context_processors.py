@@ -1,13 +1,13 @@
 from urllib.parse import urlencode
 
 from kernel.roles import role_of
+from streams import operations
 
 
 def console(request):
     user = getattr(request, "user", None)
     if user is None or not user.is_authenticated:
         return {"role": None}
-    from streams import operations
 
     operations.current_snapshot()
     return {

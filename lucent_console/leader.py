@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from django.conf import settings
 from nats.aio.client import Client
 
+from lucent_bus import cancel
 from lucent_bus.lease import Lease, LeaseLost
 
 log = logging.getLogger("lucent.leader")
@@ -94,6 +95,7 @@ async def _elect(lease: Lease, stop: asyncio.Event, name: str,
     log.info("%s: %s electing (lease %s/%s, TTL %.1fs)", name, lease.holder, lease.bucket,
              name, lease.ttl)
     while not stop.is_set():
+        cancel.check()
         if not lease.nc.is_connected:  # said at once, not after a request times out
             standing.unreachable("no connection to the bus (reconnecting)")
             await _wait(stop, poll)
@@ -135,6 +137,7 @@ async def _lead(lease: Lease, stop: asyncio.Event, name: str,
     try:
         next_renew = time.monotonic() + lease.ttl / 3
         while not stop.is_set():
+            cancel.check()
             deadline = lease.valid_until - 2 * margin
             wake = min(next_renew, deadline) - time.monotonic()
             await asyncio.wait({task, stopped}, timeout=max(0.0, wake),

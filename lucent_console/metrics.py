@@ -12,11 +12,21 @@ import ipaddress
 
 from django.conf import settings
 from django.contrib.auth.decorators import login_not_required
+from django.core.cache import cache
+from django.db.models import Count, Sum
 from django.http import HttpResponse
 from django.views.decorators.http import require_GET
 
 from agents.registry import instances_of, untracked_of
+from alerts.models import Alert, Notification
+from deadletters.models import DeadLetter
+from kernel import times
+from kernel.actions import ActionError
+from kernel.models import Quarantined
+from lucent_bus import deadletters as dl
+from lucent_console.consumers import LiveConsumer
 from streams import operations
+from traces.indexer import STREAMS, base, positions
 
 STREAM_GAUGES = [
     ("jetstream_stream_messages", "messages", "Messages stored in the stream"),
@@ -39,6 +49,9 @@ CONSUMER_GAUGES = [
     ("lucent_consumer_delivered_per_second", "delivered_per_s", "Deliveries per second"),
     ("lucent_consumer_acked_per_second", "acked_per_s", "Acks per second (ack floor)"),
     ("lucent_consumer_stalled", "stalled", "1 when pending and nothing delivered for a while"),
+    ("lucent_consumer_paused", "paused", "1 while the consumer is paused (nats-server 2.11+)"),
+    ("lucent_consumer_pause_until_timestamp_seconds", lambda c: _epoch(c.get("pause_until")),
+     "When the pause ends (Unix time), while paused"),
 ]
 
 
@@ -57,6 +70,15 @@ CAPTURE_CONSUMERS = {"capture": "LUCENT_ADVISORIES/deadletter-capture",
 
 def _label(value: str) -> str:
     return str(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _epoch(iso: str | None) -> float | None:
+    if not iso:
+        return None
+    try:
+        return times.parse(iso, "pause_until").timestamp()
+    except ActionError:
+        return None  # not a time the server would send; the row says paused anyway
 
 
 def _num(value) -> str | None:
@@ -90,7 +112,7 @@ def render(snapshot: dict | None, status: dict) -> str:
     for name, key, help_ in CONSUMER_GAUGES:
         lines += [f"# HELP {name} {help_}", f"# TYPE {name} gauge"]
         for c in snapshot["consumers"].values():
-            value = _num(c.get(key))
+            value = _num(key(c) if callable(key) else c.get(key))
             if value is not None:
                 lines.append(f'{name}{{stream_name="{_label(c["stream"])}",'
                              f'consumer_name="{_label(c["name"])}"}} {value}')
@@ -123,8 +145,6 @@ def _agents_and_services(snapshot: dict) -> list[str]:
 
 
 def _console(snapshot: dict, status: dict) -> list[str]:
-    from lucent_console.consumers import LiveConsumer
-
     lines = ["# HELP lucent_websocket_clients Live websockets open on this web process",
              "# TYPE lucent_websocket_clients gauge", f"lucent_websocket_clients {LiveConsumer.open}",
              "# HELP lucent_deadletter_capture_lag Advisories or dead letters not yet captured/indexed",
@@ -144,12 +164,6 @@ def _console(snapshot: dict, status: dict) -> list[str]:
 def _database() -> list[str]:
     """Alert states and dead letters by stream/consumer/reason/status (cached 15 s: a
     scrape every few seconds must not count a million rows each time)."""
-    from django.core.cache import cache
-    from django.db.models import Count, Sum
-
-    from alerts.models import Alert, Notification
-    from deadletters.models import DeadLetter
-
     def read() -> list[str]:
         lines = ["# HELP lucent_alert_firing 1 for each firing alert",
                  "# TYPE lucent_alert_firing gauge"]
@@ -180,9 +194,6 @@ def _database() -> list[str]:
 def _trace_index(snapshot: dict | None) -> list[str]:
     """How far the trace index is behind each stream it reads with an ordered consumer
     (not cached: a handful of rows)."""
-    from lucent_bus import deadletters as dl
-    from traces.indexer import STREAMS, base, positions
-
     if not snapshot:
         return []
     have = positions()
@@ -202,10 +213,6 @@ def _trace_index(snapshot: dict | None) -> list[str]:
 def _quarantined() -> list[str]:
     """Messages set aside by a pipeline (``streams.Quarantined``): each one is a message
     the console could not index even with its fields emptied."""
-    from django.db.models import Count
-
-    from kernel.models import Quarantined
-
     lines = ["# HELP lucent_quarantined_total Messages a pipeline set aside (could not be stored)",
              "# TYPE lucent_quarantined_total gauge"]
     counts = dict(Quarantined.objects.order_by().values_list("pipeline").annotate(n=Count("id")))

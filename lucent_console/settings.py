@@ -87,6 +87,9 @@ INSTALLED_APPS = [
     "agents",
     "traces",
     "alerts",
+    "kv",
+    "servers",
+    "publish",
     "axes",  # login lockout (see AXES_* below)
 ]
 
@@ -243,7 +246,7 @@ if REDIS_URL:
     CELERY_BROKER_URL = REDIS_URL
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
-    CELERY_BROKER_URL = "filesystem://"
+    CELERY_BROKER_URL = "lucentfs://"  # kombu's filesystem transport, made safe: lucent_console/broker.py
     _queue = VAR_DIR / "celery"
     for _sub in ("queue", "processed"):
         (_queue / _sub).mkdir(parents=True, exist_ok=True)
@@ -251,6 +254,8 @@ else:
         "data_folder_in": str(_queue / "queue"),
         "data_folder_out": str(_queue / "queue"),
         "processed_folder": str(_queue / "processed"),
+        # kombu's default is "control" under the working directory (it once landed in the repo).
+        "control_folder": str(_queue / "control"),
         "store_processed": False,
     }
 CELERY_TASK_IGNORE_RESULT = True
@@ -264,6 +269,8 @@ CELERY_BEAT_SCHEDULE = {
     "prune-traces": {"task": "traces.tasks.prune_traces", "schedule": 3600.0},
     # Jobs whose runner died (lease run out) or that no worker took are queued again.
     "resume-jobs": {"task": "lucent.jobs.resume", "schedule": 5.0},
+    # Webhook notifications whose task was lost (broker away, worker killed) are queued again.
+    "resume-notifications": {"task": "alerts.tasks.resume_notifications", "schedule": 15.0},
 }
 
 REST_FRAMEWORK = {

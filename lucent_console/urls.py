@@ -8,13 +8,19 @@ from alerts import views as alert_views
 from deadletters import api as dl_api
 from kernel import api
 from streams import api as stream_api
+from streams import consumer_api
 
 from . import metrics, views
 
 api_v1 = [
     path("streams/", stream_api.stream_list, name="api-streams"),
     path("streams/<str:name>/", stream_api.stream_detail, name="api-stream"),
-    path("streams/<str:name>/consumers/", stream_api.consumer_list, name="api-consumers"),
+    path("streams/<str:name>/consumers/", consumer_api.consumers, name="api-consumers"),
+    path("streams/<str:name>/consumers/<str:consumer>/", consumer_api.consumer, name="api-consumer"),
+    path("streams/<str:name>/consumers/<str:consumer>/pause/", consumer_api.pause, name="api-consumer-pause"),
+    path("streams/<str:name>/consumers/<str:consumer>/resume/", consumer_api.resume,
+         name="api-consumer-resume"),
+    path("streams/<str:name>/consumers/<str:consumer>/reset/", consumer_api.reset, name="api-consumer-reset"),
     path("streams/<str:name>/purge/", stream_api.purge, name="api-purge"),
     path("streams/<str:name>/messages/<str:seq>/", stream_api.delete_message, name="api-delete-message"),
     path("streams/<str:name>/replay/", stream_api.replay, name="api-stream-replay"),
@@ -32,6 +38,9 @@ api_v1 = [
     path("alerts/", alert_views.api_alerts, name="api-alerts"),
     path("alerts/<str:pk>/<str:action>/", alert_views.api_alert_action, name="api-alert-action"),
     path("trace/", include("traces.api_urls")),
+    path("kv/", include("kv.api_urls")),
+    path("", include("servers.api_urls")),  # servers/ and connections/
+    path("publish/", include("publish.api_urls")),
 ]
 
 urlpatterns = [
@@ -47,6 +56,9 @@ urlpatterns = [
     path("alerts/", alert_views.alert_list, name="alerts-list"),
     path("alerts/<str:pk>/<str:action>/", alert_views.alert_action, name="alert-action"),
     path("trace/", include("traces.urls")),
+    path("kv/", include("kv.urls")),
+    path("", include("servers.urls")),  # servers/ and connections/
+    path("publish/", include("publish.urls")),
     path("services/", agent_views.service_list, name="services-list"),
     path("services/probe/", agent_views.probe_form, name="probe"),
     path("agents/", agent_views.agent_list, name="agents-list"),

@@ -5,7 +5,9 @@ from django.http import JsonResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
+from alerts import actions as alerts
 from kernel.models import AuditRecord
+from streams import history
 from streams import operations as stream_ops
 
 from .status import health
@@ -22,8 +24,6 @@ async def healthz(request):
 def overview(request):
     snapshot = stream_ops.current_snapshot()
     request.live_panel = {"panel": "overview"}
-    from alerts import actions as alerts
-    from streams import history
 
     return render(request, "overview.html", {
         "ov": stream_ops.overview(snapshot), **alerts.panel(history=0),

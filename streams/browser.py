@@ -7,7 +7,9 @@ download is whole, as an attachment.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
+
+from django.conf import settings
 
 from kernel.actions import ActionError, NotFound
 from lucent_bus import envelope, subjects
@@ -23,6 +25,8 @@ HEADER_VALUE_BYTES = 1024
 PRETTY_MAX_BYTES = 64 * 1024
 
 BATCH_BYTES = 4 * 1024 * 1024
+
+LINE_CHARS = 160  # of a body's one-line preview while it is collapsed
 
 
 
@@ -96,6 +100,8 @@ def summarise(msg: dict, preview: int, full: bool = False) -> dict:
         "headers": _headers(msg.get("headers"), preview),
         "header_count": len(msg.get("headers") or {}),
         "body": body or "", "format": fmt, "clipped": clipped, "omitted": False,
+        # the body on one line, for a collapsed message
+        "line": " ".join((body or "")[:LINE_CHARS * 4].split())[:LINE_CHARS],
     }
 
 
@@ -104,78 +110,152 @@ def _weight(m: dict) -> int:
     return len(m["body"]) + sum(len(k) + len(v) for k, v in m["headers"].items()) + 500
 
 
+# Bus reads one page's backward search may take (each finds a match or rules out a
+# range): far more than a page needs, however sparse its subject.
+MAX_SEARCH_READS = 2000
 
-def browse(stream: dict, start_seq=None, start_time=None, subject=None, limit=20) -> dict:
-    """Stored messages from a sequence, a time or for a subject, decoded and bounded.
+# A range this many times a page's want is read through instead of halved again.
+SCAN_FACTOR = 4
 
-    Uses ``STREAM.MSG.GET`` (next by subject), which works on work-queue streams too
-    and skips deleted sequences. At most ``LUCENT_BROWSE_MAX_COUNT`` messages, each
-    body shown up to ``LUCENT_BROWSE_PREVIEW_BYTES``; once the page holds
-    ``LUCENT_BROWSE_PAGE_BYTES`` the rest are listed without their bodies
-    (``omitted``). Messages are read from the bus a few MiB at a time and summarised
-    as they come, so the web process never holds a whole page of large payloads.
+
+def _when(start_time) -> datetime | None:
+    if start_time in (None, ""):
+        return None
+    try:
+        when = datetime.fromisoformat(str(start_time).replace("Z", "+00:00"))
+    except ValueError:
+        raise ActionError(f"{str(start_time)[:40]!r} is not a time (use 2026-11-26T10:30)") from None
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
+async def newest_before(nc, name: str, subject: str, lo: int, hi: int, want: int) -> list[int]:
+    """Sequences of the newest ``want`` messages in ``[lo, hi)`` whose subject matches,
+    oldest first. ``STREAM.MSG.GET`` reads forward only, so the range is halved, newer
+    half first, until a part is small enough to read through: a range without a match
+    costs one read, however long (a sparse subject far back is found in a few dozen)."""
+    reads = 0
+
+    async def search(lo: int, hi: int, want: int) -> list[int]:
+        nonlocal reads
+        if want <= 0 or lo >= hi:
+            return []
+        if reads >= MAX_SEARCH_READS:
+            raise ActionError("this subject is too sparse to page back from here: "
+                              "read from a sequence or a time instead")
+        reads += 1
+        msg = await js.next_message(nc, name, lo, subject)
+        if msg is None or msg["seq"] >= hi:
+            return []  # no match in the whole range
+        lo = msg["seq"]
+        if hi - lo <= SCAN_FACTOR * want:
+            found = [lo]
+            while True:
+                reads += 1
+                msg = await js.next_message(nc, name, found[-1] + 1, subject)
+                if msg is None or msg["seq"] >= hi:
+                    return found[-want:]
+                found.append(msg["seq"])
+        mid = (lo + hi + 1) // 2
+        right = await search(mid, hi, want)
+        if len(right) >= want:
+            return right
+        return await search(lo, mid, want - len(right)) + right
+
+    return await search(max(lo, 1), hi, want)
+
+
+def browse(stream: dict, start_seq=None, start_time=None, subject=None, limit=20,
+           before=None) -> dict:
+    """A page of stored messages, newest first, decoded and bounded.
+
+    From ``start_seq`` or ``start_time`` (a jump) the page holds the messages from there
+    on; else it holds the newest before ``before`` (by default the newest of all).
+    ``newer_seq``/``older_before`` are where the next pages start (None at either end).
+    Uses ``STREAM.MSG.GET`` (next by subject), which works on work-queue streams too and
+    skips deleted sequences. At most ``LUCENT_BROWSE_MAX_COUNT`` messages, each body
+    shown up to ``LUCENT_BROWSE_PREVIEW_BYTES``; once the page holds
+    ``LUCENT_BROWSE_PAGE_BYTES`` the older ones are listed without their bodies
+    (``omitted``). Messages are read a few MiB at a time and summarised as they come,
+    so the web process never holds a whole page of large payloads.
     """
-    from django.conf import settings
+    from django.conf import settings  # settings read per call: tests change the bounds
 
     seq = positive_int(start_seq, "start sequence", 1)
+    until = positive_int(before, "before sequence", 1)
     subject = valid_subject(subject) or ">"
     limit = min(positive_int(limit, "count", 1) or 20, settings.LUCENT_BROWSE_MAX_COUNT)
-    preview, budget = settings.LUCENT_BROWSE_PREVIEW_BYTES, settings.LUCENT_BROWSE_PAGE_BYTES
-    when = None
-    if start_time not in (None, ""):
-        try:
-            when = datetime.fromisoformat(str(start_time).replace("Z", "+00:00"))
-        except ValueError:
-            raise ActionError(f"{str(start_time)[:40]!r} is not a time (use 2026-11-26T10:30)") from None
-        if when.tzinfo is None:
-            from datetime import UTC
+    when = _when(start_time)
+    if until is not None and (seq is not None or when is not None):
+        raise ActionError("give a start (sequence or time) or a before sequence, not both")
+    name, first, last = stream["name"], stream["first_seq"], stream["last_seq"]
+    page = {"messages": [], "omitted": 0, "newer_seq": None, "older_before": None,
+            "first_seq": first, "last_seq": last, "jumped": seq is not None or when is not None,
+            "budget": settings.LUCENT_BROWSE_PAGE_BYTES,
+            "preview": settings.LUCENT_BROWSE_PREVIEW_BYTES}
+    if stream["messages"] == 0:
+        return page
+    if page["jumped"]:
+        position = (bus_sync.with_client(js.message_time_search, name, max(first, 1), last, when)
+                    if when is not None else seq)
+        stop = last + 1
+    else:
+        stop = min(until or last + 1, last + 1)
+        seqs = bus_sync.with_client(newest_before, name, subject, first, stop, limit)
+        if not seqs:
+            return page
+        position, limit = seqs[0], len(seqs)
+    messages = _read(name, subject, position, stop, limit, page["preview"])
+    if messages:
+        page["newer_seq"] = messages[-1]["seq"] + 1 if messages[-1]["seq"] < last else None
+        page["older_before"] = messages[0]["seq"] if messages[0]["seq"] > first else None
+    messages.reverse()
+    page["omitted"] = _fit(messages, page["budget"])
+    page["messages"] = messages
+    return page
 
-            when = when.replace(tzinfo=UTC)
-    first, last = stream["first_seq"], stream["last_seq"]
 
-    async def start(nc) -> int:
-        if when is not None:
-            return await js.message_time_search(nc, stream["name"], max(first, 1), last, when)
-        return seq if seq is not None else first
+def _read(name: str, subject: str, position: int, stop: int, limit: int,
+          preview: int) -> list[dict]:
+    """Up to ``limit`` matching messages in ``[position, stop)``, summarised, oldest first."""
 
     async def read(nc, position: int, want: int) -> tuple[list[dict], int, bool]:
         """Up to ``want`` messages from ``position``, stopping after ``BATCH_BYTES``."""
         out, held = [], 0
-        while len(out) < want and position <= last and held < BATCH_BYTES:
-            msg = await js.next_message(nc, stream["name"], max(position, 1), subject)
-            if msg is None:
+        while len(out) < want and position < stop and held < BATCH_BYTES:
+            msg = await js.next_message(nc, name, max(position, 1), subject)
+            if msg is None or msg["seq"] >= stop:
                 return out, position, True
             out.append(msg)
             held += len(msg["data"] or b"")
             position = msg["seq"] + 1
         return out, position, False
 
-    if stream["messages"] == 0:
-        return {"messages": [], "next_seq": None, "omitted": 0}
-    position = bus_sync.with_client(start)
     messages: list[dict] = []
-    used, omitted, ended = 0, 0, False
-    while len(messages) < limit and position <= last and not ended:
+    ended = False
+    while len(messages) < limit and position < stop and not ended:
         raw, position, ended = bus_sync.with_client(read, position, limit - len(messages))
         if not raw:
             break
-        while raw:
-            m = summarise(raw.pop(0), preview)
-            weight = _weight(m)
-            if used + weight > budget:
-                m.update(body="", headers={}, omitted=True)
-                omitted += 1
-            else:
-                used += weight
-            messages.append(m)
-    return {"messages": messages, "omitted": omitted, "budget": budget, "preview": preview,
-            "next_seq": position if position <= last and messages else None}
+        messages += [summarise(raw.pop(0), preview) for _ in range(len(raw))]
+    return messages
+
+
+def _fit(messages: list[dict], budget: int) -> int:
+    """Leave out bodies once the page holds ``budget`` bytes, in page order; how many."""
+    used, omitted = 0, 0
+    for m in messages:
+        weight = _weight(m)
+        if used + weight > budget:
+            m.update(body="", headers={}, omitted=True)
+            omitted += 1
+        else:
+            used += weight
+    return omitted
 
 
 
 def message(stream: dict, seq) -> dict:
     """One stored message, its body shown up to ``LUCENT_MESSAGE_VIEW_BYTES``."""
-    from django.conf import settings
 
     number = positive_int(seq, "sequence", 1)
     if number is None:

@@ -14,6 +14,7 @@ from django.db.models.functions import TruncHour, TruncMinute
 from django.utils import timezone
 
 from .models import Sample
+from .operations import totals
 
 RAW, MINUTE, HOUR = 10, 60, 3600
 RETENTION = {RAW: timedelta(hours=2), MINUTE: timedelta(days=2), HOUR: timedelta(days=30)}
@@ -38,7 +39,6 @@ def sample(snapshot: dict | None) -> bool:
                     pending=c["num_pending"], ack_pending=c["num_ack_pending"],
                     redelivered=c["num_redelivered"])
              for key, c in snapshot["consumers"].items()]
-    from .operations import totals
 
     figures = totals(snapshot)
     rows += [Sample(kind=Sample.TOTAL, key=key, resolution=RAW, at=at, rate=figures[key])

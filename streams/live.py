@@ -21,7 +21,7 @@ import time
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from lucent_bus import live
+from lucent_bus import cancel, live, notify_subjects, watch_streams
 from lucent_bus.client import web_client
 
 from . import snapshot as snap
@@ -29,6 +29,7 @@ from . import snapshot as snap
 log = logging.getLogger("lucent.live")
 SPARK_POINTS = 60
 REFRESH_STALE_S = 3.0  # while the data is stale and the bus answers, ask for it this often
+WATCH_RENEW_S = 3.0  # the streams this process's sockets show are announced this often
 
 
 class Relay:
@@ -45,6 +46,9 @@ class Relay:
         self._render_seq = None
         self._generation = 0  # of web_client's connection the subscriptions are on
         self._refreshed_at = 0.0
+        self.watching: collections.Counter = collections.Counter()  # stream -> sockets showing it
+        self._announced_at = 0.0
+        self._announcing: set[asyncio.Task] = set()
 
     # ------------------------------------------------------------ lifecycle
 
@@ -69,9 +73,9 @@ class Relay:
         # watchdog replaced is a new one (``web_client.generation``) and needs them again.
         self._generation = web_client.generation()
         await live.subscribe_deltas(nc, self.on_delta)
-        await nc.subscribe("lucent.console.live.deadletters", cb=self.on_deadletters)
-        await nc.subscribe("lucent.console.live.services", cb=self.on_service_event)
-        await nc.subscribe("lucent.console.live.alerts", cb=self.on_alerts)
+        await nc.subscribe(notify_subjects.LIVE_DEADLETTERS, cb=self.on_deadletters)
+        await nc.subscribe(notify_subjects.LIVE_SERVICES, cb=self.on_service_event)
+        await nc.subscribe(notify_subjects.LIVE_ALERTS, cb=self.on_alerts)
 
     async def refresh(self) -> bool:
         self._refreshed_at = time.monotonic()
@@ -90,11 +94,14 @@ class Relay:
         answers (deltas resume only when the collector sweeps again)."""
         last = None
         while self._loop is loop:
+            cancel.check()
             await asyncio.sleep(max(0.5, min(1.0, settings.LUCENT_SWEEP_INTERVAL)))
             try:
                 await self._recover()
             except Exception as exc:
                 log.debug("relay: not recovered yet: %s", exc)
+            if time.monotonic() - self._announced_at >= WATCH_RENEW_S:
+                await self.announce_watched()
             status = self.status()
             shown = (status["ok"], status["error"], round(status["age_s"] or 0) if not status["ok"] else 0)
             if shown != last:
@@ -104,6 +111,33 @@ class Relay:
                     await layer.group_send(self.group, {"type": "snapshot.updated", "changed": {
                         "full": False, "streams": [], "consumers": [], "membership": False,
                         "status_only": True}})
+
+    def watch(self, name: str) -> bool:
+        """A socket shows stream ``name``: the collector is told (now if it is new here,
+        then every ``WATCH_RENEW_S``) and sweeps it fast. Only streams the snapshot knows;
+        False for any other name (nothing to undo)."""
+        if name not in (self.snapshot or {}).get("streams", {}):
+            return False
+        self.watching[name] += 1
+        if self.watching[name] == 1 and self._loop is not None:
+            task = self._loop.create_task(self.announce_watched())
+            self._announcing.add(task)  # kept until done (the loop holds tasks weakly)
+            task.add_done_callback(self._announcing.discard)
+        return True
+
+    def unwatch(self, name: str) -> None:
+        self.watching[name] -= 1
+        if self.watching[name] <= 0:
+            del self.watching[name]  # no longer renewed: the collector's watch expires
+
+    async def announce_watched(self) -> None:
+        if not self.watching or web_client.unreachable() is not None:
+            return  # nothing shown, or a bus away: the next renewal after it comes back
+        self._announced_at = time.monotonic()
+        try:
+            await watch_streams.announce(await web_client.get(), list(self.watching))
+        except Exception as exc:  # the next renewal tries again; meanwhile the full sweep
+            log.debug("relay: watched streams not announced: %s", exc)
 
     async def _recover(self) -> None:
         if web_client.unreachable() is not None or web_client.current() is None:
@@ -117,6 +151,7 @@ class Relay:
 
     # ------------------------------------------------------------ updates
 
+    @cancel.callback
     async def on_delta(self, delta: dict) -> None:
         new = snap.apply_delta(self.snapshot, delta)
         if new is None:
@@ -132,16 +167,19 @@ class Relay:
             await layer.group_send(self.group, {"type": "snapshot.updated", "changed": changed,
                                                 "seq": self.snapshot.get("seq")})
 
+    @cancel.callback
     async def on_deadletters(self, msg) -> None:
         layer = get_channel_layer()
         if layer is not None:
             await layer.group_send(self.group, {"type": "deadletters.added"})
 
+    @cancel.callback
     async def on_service_event(self, msg) -> None:
         layer = get_channel_layer()
         if layer is not None:
             await layer.group_send(self.group, {"type": "services.event"})
 
+    @cancel.callback
     async def on_alerts(self, msg) -> None:
         self.alerts_version += 1
         layer = get_channel_layer()

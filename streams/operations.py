@@ -7,13 +7,13 @@ the admin actions go to the bus through ``lucent_bus``.
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Callable
 
-from asgiref.sync import async_to_sync
-
-from kernel.actions import ActionError, NotFound, audited
+from kernel.actions import ActionError, NotFound, audited, guard_own
 from lucent_bus import jetstream as js
+from lucent_bus import own
 from lucent_bus import sync as bus_sync
 
 from . import topology
@@ -38,10 +38,19 @@ MAX_SUBJECTS_LISTED = 10_000
 
 # ------------------------------------------------------------------ reads
 
+RELAY_START_WAIT_S = 5.0
+
+
+async def _relay_started() -> None:
+    # Bounded: a web connection still reconnecting (the bus away, or NATS_URL changed
+    # under it) must not hold a page forever; the page shows what it has and says so.
+    await asyncio.wait_for(relay.ensure_started(), RELAY_START_WAIT_S)
+
+
 def current_snapshot() -> dict | None:
     """The freshest snapshot this process has (starting its relay if needed)."""
     try:
-        async_to_sync(relay.ensure_started)()
+        bus_sync.on_server_loop(_relay_started)
     except Exception:
         pass  # bus or collector away: pages show what they have and say so
     return relay.snapshot
@@ -83,10 +92,16 @@ OVERVIEW_PARTS: list[Callable[[dict], dict]] = []
 def totals(snapshot: dict | None) -> dict:
     """The bus-wide figures (overview cards, 24 h trends)."""
     s = snapshot or {}
-    streams = list((s.get("streams") or {}).values())
-    consumers = list((s.get("consumers") or {}).values())
+    # Business figures: the console's own streams and consumers (dead letters, advisories,
+    # the leader bucket, its live views) are counted apart, not as the bus's traffic.
+    every = list((s.get("streams") or {}).values())
+    streams = [x for x in every if not x.get("own")]
+    all_consumers = list((s.get("consumers") or {}).values())
+    consumers = [c for c in all_consumers if not c.get("own")]
     figures = {
         "streams": len(streams), "consumers": len(consumers),
+        "own_streams": len(every) - len(streams),
+        "own_consumers": len(all_consumers) - len(consumers),
         "messages": sum(x.get("messages", 0) for x in streams),
         "bytes": sum(x.get("bytes", 0) for x in streams),
         "in_per_s": round(sum(x.get("msgs_in_per_s") or 0 for x in streams), 2),
@@ -199,7 +214,7 @@ def purge_preview(stream: dict, params: dict) -> dict:
 
 
 def purge(user, name: str, subject=None, keep=None, seq=None,
-          everything: bool | None = None) -> int:
+          everything: bool | None = None, confirm_own: bool = False) -> int:
     """Purge a stream (all, by subject, keep N, up to seq). Admin only, audited.
 
     ``everything``: the API says whether the whole stream is meant (its ``all``): then
@@ -216,24 +231,32 @@ def purge(user, name: str, subject=None, keep=None, seq=None,
             raise ActionError('give subject, keep or seq, or "all": true to purge every message')
         if everything and params:
             raise ActionError('"all": true purges every message: give it alone')
+        refuse_own(name, confirm_own)
         _require_stream(name)
         purged = bus_sync.with_client(js.purge_stream, name, **params)
         outcome.detail = f"purged {purged}"
     return purged
 
 
-def delete_message(user, name: str, seq) -> None:
+def delete_message(user, name: str, seq, confirm_own: bool = False) -> None:
     """Delete one message by sequence. Admin only, audited."""
     with audited(user, "stream.delete_message", name, {"seq": seq}, "admin") as outcome:
         number = positive_int(seq, "sequence", 1)
         if number is None:
             raise ActionError("a sequence is required")
+        refuse_own(name, confirm_own)
         _require_stream(name)
         try:
             bus_sync.with_client(js.delete_message, name, number)
         except js.JetStreamError as exc:
             raise ActionError(f"no message {number} in {name}: {exc}") from exc
         outcome.detail = f"deleted message {number}"
+
+
+def refuse_own(name: str, confirmed: bool, admin: bool = True) -> None:
+    """Refuse a change to one of the console's own streams unless the admin confirmed
+    the warning that names what breaks (``confirm_own``). Callers already need admin."""
+    guard_own(admin, f"stream {name}", own.own_stream(name), confirmed)
 
 
 def _require_stream(name: str) -> None:

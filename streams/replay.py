@@ -39,6 +39,28 @@ def stream_msg_id(stream: str, seq: int, subject: str) -> str:
 
 
 
+def _checked(target, start_seq, end_seq, subject_filter, rate, start_time) -> tuple:
+    """A stream replay's arguments as it uses them, or ActionError naming the bad one."""
+    target = target.strip() if isinstance(target, str) else ""
+    if not subjects.is_valid(target, wildcards=False):
+        raise ActionError(f"target: {target[:80]!r} is not a subject one can publish to")
+    refuse_reserved(target, replay=True)
+    first_arg = positive_int(start_seq, "start sequence", 1)
+    last_arg = positive_int(end_seq, "end sequence", 1)
+    if subject_filter is not None and not isinstance(subject_filter, str):
+        raise ActionError("subject must be text")
+    flt = valid_subject(subject_filter) or ">"
+    try:
+        rate = float(rate) if rate not in (None, "") else None
+    except (TypeError, ValueError, OverflowError):
+        raise ActionError(f"rate must be a number, not {str(rate)[:40]!r}") from None
+    # NaN fails every comparison: `not 0 < rate` refuses it as it refuses inf.
+    if rate is not None and not 0 < rate < 1e9:
+        raise ActionError("rate must be above 0 and finite")
+    when = times.parse(start_time, "start time") if start_time not in (None, "") else None
+    return target, first_arg, last_arg, flt, rate, when
+
+
 def start_stream_replay(user, stream: str, target: str, start_seq=None, end_seq=None,
                         start_time=None, subject_filter=None, rate=None, dry_run=False) -> dict:
     """Replay a sequence or time range of any stream to ``target`` (operator), as a job:
@@ -48,23 +70,8 @@ def start_stream_replay(user, stream: str, target: str, start_seq=None, end_seq=
               "start_time": start_time, "subject": subject_filter, "rate": rate}
     with audited(user, "stream.replay", stream, {k: v for k, v in params.items() if v not in (None, "")},
                  "operator") as outcome:
-        target = target.strip() if isinstance(target, str) else ""
-        if not subjects.is_valid(target, wildcards=False):
-            raise ActionError(f"target: {target[:80]!r} is not a subject one can publish to")
-        refuse_reserved(target, replay=True)
-        first_arg = positive_int(start_seq, "start sequence", 1)
-        last_arg = positive_int(end_seq, "end sequence", 1)
-        if subject_filter is not None and not isinstance(subject_filter, str):
-            raise ActionError("subject must be text")
-        flt = valid_subject(subject_filter) or ">"
-        try:
-            rate = float(rate) if rate not in (None, "") else None
-        except (TypeError, ValueError, OverflowError):
-            raise ActionError(f"rate must be a number, not {str(rate)[:40]!r}") from None
-        # NaN fails every comparison: `not 0 < rate` refuses it as it refuses inf.
-        if rate is not None and not 0 < rate < 1e9:
-            raise ActionError("rate must be above 0 and finite")
-        when = times.parse(start_time, "start time") if start_time not in (None, "") else None
+        target, first_arg, last_arg, flt, rate, when = _checked(
+            target, start_seq, end_seq, subject_filter, rate, start_time)
 
         async def plan(nc):
             try:

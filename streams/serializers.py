@@ -40,6 +40,8 @@ class PurgeSerializer(StrictSerializer):
     seq = optional(WholeNumberField, min_value=1, max_value=MAX_SEQ,
                     help_text="remove the messages below this sequence")
     all = optional(StrictBooleanField, help_text="purge every message of the stream")
+    confirm_own = optional(StrictBooleanField,
+                           help_text="needed to purge one of the console's own streams")
 
     def validate(self, data: dict) -> dict:
         if "keep" in data and "seq" in data:

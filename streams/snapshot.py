@@ -17,6 +17,7 @@ from typing import Any
 from nats.aio.client import Client
 
 from lucent_bus import jetstream as js
+from lucent_bus import own
 
 RATE_WINDOW_S = 5.0
 STALL_AFTER_S = 30.0
@@ -196,6 +197,7 @@ class Tracker:
             "usage_pct": round(max(usage), 2),
             "msgs_in_per_s": self.rate(f"{name}|in", now, state.get("last_seq", 0)),
             "created": info.get("created"),
+            "own": own.own_stream(name),  # the console's own stream: what breaks, or None
             "pending": 0,
             "ack_pending": 0,
         }
@@ -230,6 +232,13 @@ class Tracker:
             "backoff_s": [b / 1e9 for b in config.get("backoff") or []],
             "max_ack_pending": config.get("max_ack_pending", -1),
             "push": bool(config.get("deliver_subject")),
+            # Paused (nats-server 2.11+): until when (config pause_until, ISO), else None.
+            "paused": bool(info.get("paused")),
+            "pause_until": config.get("pause_until") if info.get("paused") else None,
+            # The console's own consumer (what breaks, or None); own_live: one of its
+            # ordered consumers (a live view), recognised by its delivery subject.
+            "own": own.own_consumer(stream, name, config),
+            "own_live": (config.get("deliver_subject") or "").startswith(own.INBOX_PREFIX + "."),
             "num_pending": pending,
             "num_ack_pending": ack_pending,
             "num_redelivered": info.get("num_redelivered", 0),

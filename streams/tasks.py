@@ -1,14 +1,14 @@
 from celery import shared_task
 
 from lucent_bus import live
-from lucent_bus.runner import run_with_bus
+from lucent_bus import sync as bus_sync
 
 from . import history
 
 
 def fetch_snapshot() -> dict | None:
     try:
-        return run_with_bus("history", lambda nc: live.fetch_full(nc, timeout=5))
+        return bus_sync.with_own_client("history", live.fetch_full, 5)
     except Exception:
         return None
 

@@ -326,76 +326,9 @@ def lint_streams(streams: list[dict], consumers: dict[str, list[dict]], cluster_
     for info in streams:
         config = info["config"]
         name = config["name"]
-        stream_subjects = config.get("subjects") or []
-        for pattern in stream_subjects:
-            if pattern.split(".")[-1] != "*":
-                continue
-            intent = pattern[:-1] + ">"
-            missed = [s for s in ADR_SUBJECTS if subjects.matches(intent, s)
-                      and not any(subjects.matches(p, s) for p in stream_subjects)]
-            if missed:
-                findings.append(Finding(
-                    "single-token-wildcard", "error", name,
-                    f"filter {pattern!r} matches exactly one token after the prefix, so "
-                    f"{', '.join(missed[:3])}{' ...' if len(missed) > 3 else ''} "
-                    f"(published per ADR-003) is never stored",
-                    f"use {intent!r}",
-                ))
-        replicas = config.get("num_replicas", 1)
-        if replicas > cluster_size:
-            findings.append(Finding(
-                "replicas-above-cluster", "error", name,
-                f"declares {replicas} replicas but the bus has {cluster_size} server(s)",
-                f"set num_replicas to {cluster_size} or grow the cluster",
-            ))
-        cluster = info.get("cluster") or {}
-        for peer in cluster.get("replicas") or []:
-            if peer.get("offline") or not peer.get("current", True):
-                state = "offline" if peer.get("offline") else f"lagging by {peer.get('lag', '?')} ops"
-                findings.append(Finding(
-                    "replica-unhealthy", "warning", name,
-                    f"replica on {peer.get('name', '?')} is {state}",
-                    "check that server; the stream is running with less redundancy",
-                ))
-        retention = config.get("retention")
-        stream_consumers = consumers.get(name, [])
-        count = info.get("state", {}).get("consumer_count", len(stream_consumers))
-        if retention == "interest" and count == 0:
-            findings.append(Finding(
-                "interest-without-consumers", "error", name,
-                "interest retention keeps a message only while some consumer is interested; "
-                "with no consumer every published message is acked and dropped at once",
-                "create the durable consumers that must receive these messages first",
-            ))
-        if not config.get("no_ack"):
-            served = [r for r in REQUEST_SUBJECTS if any(subjects.overlap(r, s) for s in stream_subjects)]
-            if served:
-                findings.append(Finding(
-                    "request-reply-acked", "error", name,
-                    f"stores request/reply subjects ({', '.join(served)}) and acks: a request to "
-                    f"such a subject is answered by the stream's PubAck "
-                    f'({{"stream": "{name}", "seq": N}}), not by the service',
-                    "set no_ack: true on this stream",
-                ))
-        if retention == "workqueue":
-            for i, a in enumerate(stream_consumers):
-                for b in stream_consumers[i + 1:]:
-                    pairs = [(x, y) for x in _consumer_filters(a) for y in _consumer_filters(b)]
-                    if any(subjects.overlap(x, y) for x, y in pairs):
-                        findings.append(Finding(
-                            "workqueue-overlap", "error", name,
-                            f"consumers {a.get('name')!r} and {b.get('name')!r} have overlapping "
-                            "filters on a work-queue stream: each message goes to one of them only",
-                            "give each consumer a disjoint filter, or use limits retention",
-                        ))
-        if retention in ("workqueue", "interest") and stream_consumers:
-            findings.append(Finding(
-                "terminate-deletes", "info", name,
-                f"{retention} retention: a message that is terminated (or exhausts max_deliver "
-                "and is acked away) is deleted, so its payload is gone before the advisory "
-                "arrives",
-                "publish the message to lucent.deadletter.<stream>.<consumer> before term()",
-            ))
+        findings += _subject_findings(name, config)
+        findings += _replica_findings(name, config, info, cluster_size)
+        findings += _retention_findings(name, config, info, consumers.get(name, []))
     for spec in adr_specs or []:
         if spec.config["num_replicas"] > cluster_size:
             findings.append(Finding(
@@ -406,6 +339,92 @@ def lint_streams(streams: list[dict], consumers: dict[str, list[dict]], cluster_
                 f"{effective_replicas(spec.config['num_replicas'], cluster_size)}",
                 "run a 3-node cluster in production",
             ))
+    return findings
+
+
+def _subject_findings(name: str, config: dict) -> list[Finding]:
+    """One-token wildcards where the ADR publishes deeper; request subjects acked."""
+    findings = []
+    stream_subjects = config.get("subjects") or []
+    for pattern in stream_subjects:
+        if pattern.split(".")[-1] != "*":
+            continue
+        intent = pattern[:-1] + ">"
+        missed = [s for s in ADR_SUBJECTS if subjects.matches(intent, s)
+                  and not any(subjects.matches(p, s) for p in stream_subjects)]
+        if missed:
+            findings.append(Finding(
+                "single-token-wildcard", "error", name,
+                f"filter {pattern!r} matches exactly one token after the prefix, so "
+                f"{', '.join(missed[:3])}{' ...' if len(missed) > 3 else ''} "
+                f"(published per ADR-003) is never stored",
+                f"use {intent!r}",
+            ))
+    if not config.get("no_ack"):
+        served = [r for r in REQUEST_SUBJECTS if any(subjects.overlap(r, s) for s in stream_subjects)]
+        if served:
+            findings.append(Finding(
+                "request-reply-acked", "error", name,
+                f"stores request/reply subjects ({', '.join(served)}) and acks: a request to "
+                f"such a subject is answered by the stream's PubAck "
+                f'({{"stream": "{name}", "seq": N}}), not by the service',
+                "set no_ack: true on this stream",
+            ))
+    return findings
+
+
+def _replica_findings(name: str, config: dict, info: dict, cluster_size: int) -> list[Finding]:
+    findings = []
+    replicas = config.get("num_replicas", 1)
+    if replicas > cluster_size:
+        findings.append(Finding(
+            "replicas-above-cluster", "error", name,
+            f"declares {replicas} replicas but the bus has {cluster_size} server(s)",
+            f"set num_replicas to {cluster_size} or grow the cluster",
+        ))
+    for peer in (info.get("cluster") or {}).get("replicas") or []:
+        if peer.get("offline") or not peer.get("current", True):
+            state = "offline" if peer.get("offline") else f"lagging by {peer.get('lag', '?')} ops"
+            findings.append(Finding(
+                "replica-unhealthy", "warning", name,
+                f"replica on {peer.get('name', '?')} is {state}",
+                "check that server; the stream is running with less redundancy",
+            ))
+    return findings
+
+
+def _retention_findings(name: str, config: dict, info: dict,
+                        stream_consumers: list[dict]) -> list[Finding]:
+    """Interest without consumers, overlapping work-queue consumers, terminate deletes."""
+    findings = []
+    retention = config.get("retention")
+    count = info.get("state", {}).get("consumer_count", len(stream_consumers))
+    if retention == "interest" and count == 0:
+        findings.append(Finding(
+            "interest-without-consumers", "error", name,
+            "interest retention keeps a message only while some consumer is interested; "
+            "with no consumer every published message is acked and dropped at once",
+            "create the durable consumers that must receive these messages first",
+        ))
+    if retention == "workqueue":
+        for i, a in enumerate(stream_consumers):
+            for b in stream_consumers[i + 1:]:
+                pairs = [(x, y) for x in _consumer_filters(a) for y in _consumer_filters(b)]
+                if any(subjects.overlap(x, y) for x, y in pairs):
+                    findings.append(Finding(
+                        "workqueue-overlap", "error", name,
+                        f"consumers {a.get('name')!r} and {b.get('name')!r} have overlapping "
+                        "filters on a work-queue stream: each message goes to one of them only",
+                        "give each consumer a disjoint filter, or use limits retention",
+                    ))
+    if retention in ("workqueue", "interest") and stream_consumers:
+        findings.append(Finding(
+            "terminate-deletes", "info", name,
+            f"{retention} retention: a message that is terminated (or exhausts max_deliver "
+            "and is acked away) is deleted, so its payload is gone before the advisory "
+            "arrives",
+            "publish the message to lucent.deadletter.<stream>.<consumer> before term()",
+        ))
     return findings
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlencode
+
+from django.conf import settings
 from django.http import Http404, HttpResponse
 from django.shortcuts import render
 from django.urls import reverse
@@ -10,6 +13,7 @@ from django.views.decorators.http import require_GET, require_POST
 from kernel.actions import ActionError, Refused
 from kernel.models import Job
 from kernel.roles import has_role
+from lucent_bus.own import own_stream
 
 from . import browser, history, operations
 from .models import Sample
@@ -55,28 +59,40 @@ def stream_detail(request, name: str):
 
 @require_GET
 def stream_messages(request, name: str):
-    ctx: dict = {}
+    """A page of the message browser (newest first; ``seq``/``time`` jump, ``before``
+    pages back), with links to the newest, newer, older and oldest pages."""
+    ctx: dict = {"name": name}
     try:
         stream = operations.get_stream(operations.current_snapshot(), name)
         result = browser.browse(stream, request.GET.get("seq"), request.GET.get("time"),
-                                 request.GET.get("subject"), request.GET.get("count", 20))
-        ctx.update(result, name=name)
-        if result["next_seq"]:
-            query = request.GET.copy()
-            query["seq"] = result["next_seq"]
-            query.pop("time", None)
-            ctx["next_url"] = f"{reverse('streams:messages', args=[name])}?{query.urlencode()}"
+                                request.GET.get("subject"), request.GET.get("count", 20),
+                                request.GET.get("before"))
     except ActionError as exc:
         ctx["error"] = str(exc)
         return render(request, "fragments/messages.html", ctx, status=exc.status)
+    ctx.update(result, nav=_browser_nav(request, name, result))
     return render(request, "fragments/messages.html", ctx)
+
+
+def _browser_nav(request, name: str, result: dict) -> dict:
+    """The URLs of the pages around this one, keeping its subject and count."""
+    base = reverse("streams:messages", args=[name])
+    keep = {k: request.GET[k] for k in ("subject", "count") if request.GET.get(k)}
+
+    def url(**where) -> str:
+        return f"{base}?{urlencode({**keep, **where})}"
+
+    older, newer = result["older_before"], result["newer_seq"]
+    return {"newest": url() if result["jumped"] or request.GET.get("before") else None,
+            "newer": url(seq=newer) if newer else None,
+            "older": url(before=older) if older else None,
+            "oldest": url(seq=result["first_seq"]) if older else None}
 
 
 @require_GET
 def stream_message(request, name: str, seq: str):
     """One stored message on a page of its own, its body shown up to
     ``LUCENT_MESSAGE_VIEW_BYTES``, with a download of the raw bytes."""
-    from django.conf import settings
 
     try:
         stream = operations.get_stream(operations.current_snapshot(), name)
@@ -127,7 +143,7 @@ def purge_preview(request, name: str):
         return _error(request, exc)
     return render(request, "fragments/confirm.html", {
         "text": preview["text"], "params": params, "stream": name, "button": "Purge",
-        "action": reverse("streams:purge", args=[name])})
+        "action": reverse("streams:purge", args=[name]), "own": own_stream(name)})
 
 
 @require_POST
@@ -137,7 +153,7 @@ def purge(request, name: str):
         if data.get("confirm") != name:
             raise ActionError("not confirmed: the confirmation must name the stream")
         purged = operations.purge(request.user, name, data.get("subject"), data.get("keep"),
-                                data.get("seq"))
+                                data.get("seq"), confirm_own=data.get("confirm_own") == "1")
     except ActionError as exc:
         return _error(request, exc)
     return render(request, "fragments/action_result.html",
@@ -157,7 +173,8 @@ def delete_preview(request, name: str):
         return _error(request, exc)
     return render(request, "fragments/confirm.html", {
         "text": f"Delete message #{seq:,} from {name}", "params": {"seq": seq}, "stream": name,
-        "button": "Delete", "action": reverse("streams:delete", args=[name])})
+        "button": "Delete", "action": reverse("streams:delete", args=[name]),
+        "own": own_stream(name)})
 
 
 @require_POST
@@ -165,7 +182,8 @@ def delete_message(request, name: str):
     try:
         if request.POST.get("confirm") != name:
             raise ActionError("not confirmed: the confirmation must name the stream")
-        operations.delete_message(request.user, name, request.POST.get("seq"))
+        operations.delete_message(request.user, name, request.POST.get("seq"),
+                                  confirm_own=request.POST.get("confirm_own") == "1")
     except ActionError as exc:
         return _error(request, exc)
     return render(request, "fragments/action_result.html",

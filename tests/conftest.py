@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import faulthandler
+import logging
 import os
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -11,6 +17,14 @@ from django.contrib.auth.models import Group, User
 from lucent_bus import embedded
 from lucent_bus.client import connect
 from lucent_bus.config import BusConfig
+
+# A background thread (a bus connection of an earlier test, reconnecting to its stopped
+# server) logging to a stream pytest has closed made logging print "--- Logging error ---"
+# with a full traceback, every two seconds. On Python 3.11 formatting a traceback parses
+# source (ast.parse, for the ^^^ marks), and ast.parse is not thread-safe in 3.11.7:
+# one CI run died with INTERNALERROR "AST constructor recursion depth mismatch" while
+# pytest parsed a failing test's source. Such logging errors are dropped instead.
+logging.raiseExceptions = False
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -42,6 +56,26 @@ def nats_server(tmp_path_factory):
         os.environ.pop("NATS_URL", None)
     else:
         os.environ["NATS_URL"] = previous
+
+
+# Debian's nats-server 2.9 (not the pinned binary): compatibility tests only.
+NATS_29 = os.getenv("LUCENT_NATS_29", "/usr/sbin/nats-server")
+
+
+@pytest.fixture
+def old_server(tmp_path, monkeypatch):
+    """Debian's nats-server 2.9 on a free port with a store of its own; NATS_URL points at
+    it. Skipped where that package is not installed."""
+    if not Path(NATS_29).exists():
+        pytest.skip(f"{NATS_29} not installed (Debian's nats-server package)")
+    version = subprocess.run([NATS_29, "--version"], capture_output=True, text=True).stdout
+    port = embedded.free_port()
+    args = [NATS_29] + embedded.server_args(port, tmp_path / "js")[1:]
+    server = embedded.Server(port, tmp_path / "js", args, tmp_path / "nats.log").start().wait()
+    server.version = version.strip()
+    monkeypatch.setenv("NATS_URL", server.url)
+    yield server
+    server.stop()
 
 
 @pytest.fixture
@@ -79,11 +113,16 @@ def viewer_client(client, users):
 
 
 class CollectorThread:
-    """The real collector's sweep loop, in a thread of the test process.
+    """The real collector, ``Collector.run`` (sweeps, full-snapshot answers, the service,
+    hierarchy and agent watches, the dead-letter capture and index, the trace indexer,
+    heartbeats), in a thread of the test process: what ``manage.py collector`` runs in a
+    leader's term, minus the election. It writes to the database from its own thread,
+    so a test using it needs ``django_db(transaction=True)`` (the ``collector`` fixture
+    asks for ``transactional_db`` itself).
 
-    Sweeps every ``interval`` seconds and answers full-snapshot requests, as
-    ``manage.py collector`` does (minus the heartbeat row and the agent failures
-    read at start, which would fight the test's database transaction).
+    ``interval`` is the sweep interval; ``.collector.interval`` may be changed while it
+    runs (read before each wait). An error that ends the thread is raised again by
+    ``wait_for`` and ``stop``.
     """
 
     def __init__(self, url: str, interval: float = 0.25) -> None:
@@ -93,41 +132,61 @@ class CollectorThread:
         self.url, self.interval = url, interval
         self.loop = asyncio.new_event_loop()
         self.collector = None
+        self.error: BaseException | None = None
+        self._stop = None  # the asyncio.Event Collector.run waits on, made in the loop
         self.ready = threading.Event()
-        self.stopping = False
-        self.thread = threading.Thread(target=self.loop.run_until_complete, args=(self._run(),),
-                                       daemon=True)
+        self.thread = threading.Thread(target=self._main, daemon=True, name="test-collector")
         self.thread.start()
-        assert self.ready.wait(10), "collector thread did not start"
+        if not self.ready.wait(15):
+            self.stop()
+            raise AssertionError("the collector thread made no snapshot within 15 s")
+        self._raise_error()
 
-    async def _run(self):
+    def _main(self) -> None:
+        try:
+            self.loop.run_until_complete(self._run())
+        except BaseException as exc:  # kept for wait_for and stop to raise in the test
+            self.error = exc
+        finally:
+            self.ready.set()
+            # What nats-py left running on the closed connections (ordered consumers'
+            # checks): cancelled, not destroyed pending with the loop.
+            import asyncio
+
+            left = asyncio.all_tasks(self.loop)
+            for task in left:
+                task.cancel()
+            if left:
+                self.loop.run_until_complete(asyncio.wait(left))
+            self.loop.close()
+
+    async def _run(self) -> None:
         import asyncio
 
-        from lucent_bus import live
+        from asgiref.sync import sync_to_async
+        from django.db import connections
+
         from lucent_console.collector import Collector
 
         nc = await connect("collector", BusConfig.from_env({"NATS_URL": self.url}),
                            retry_initial=False)
-        self.collector = Collector(nc, self.interval)
-        await live.serve_full(nc, lambda: self.collector.snapshot)
-        await self.collector.watch_services()
-        await self.collector.watch_agents(seed=False)
-        stop = asyncio.Event()
-        pushing = asyncio.create_task(self.collector.push_events(stop))
-        await self.collector.sweep_once()
-        self.ready.set()
-        while not self.stopping:
-            await asyncio.sleep(self.interval)
-            await self.collector.watch_agents(seed=False)
-            await self.collector.sweep_once()
-        pushing.cancel()
-        await nc.close()
-        # sync_to_async's one worker thread kept a database connection (alert rows, the
-        # index): close it, or PostgreSQL cannot drop the test database.
-        from asgiref.sync import sync_to_async
-        from django.db import connections
+        try:
+            self._stop = asyncio.Event()
+            self.collector = Collector(nc, self.interval)
+            running = asyncio.create_task(self.collector.run(self._stop))
+            while self.collector.snapshot is None and not running.done():
+                await asyncio.sleep(0.01)  # until the first sweep has published
+            self.ready.set()
+            await running
+        finally:
+            await nc.close()
+            # sync_to_async's one worker thread kept a database connection (heartbeat,
+            # alerts, the indexes): close it, or PostgreSQL cannot drop the test database.
+            await sync_to_async(connections.close_all)()
 
-        await sync_to_async(connections.close_all)()
+    def _raise_error(self) -> None:
+        if self.error is not None:
+            raise AssertionError(f"the collector thread failed: {self.error!r}") from self.error
 
     @property
     def snapshot(self) -> dict:
@@ -138,6 +197,7 @@ class CollectorThread:
 
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            self._raise_error()
             snap = self.collector.snapshot
             if snap and predicate(snap):
                 return snap
@@ -146,15 +206,56 @@ class CollectorThread:
         raise AssertionError("the snapshot never satisfied the condition; last: " + repr(
             {k: v for k, v in snap.items() if k not in ("streams", "consumers")})[:3000])
 
+    def next_sweep(self, timeout: float = 10.0) -> dict:
+        """The snapshot of the first good sweep to finish after this call (snapshots pushed
+        for events between sweeps do not count). The collector reads its interval after
+        that sweep: an interval changed before this call holds from then on."""
+        seq = (self.collector.snapshot or {}).get("seq", 0)
+        return self.wait_for(lambda s: s["seq"] > seq and s.get("ok") and not s.get("event"),
+                             timeout)
+
+    def following_agents(self, timeout: float = 10.0) -> dict:
+        """Once the collector follows the agent stream (jobs, acks, failures, outputs; it
+        tries every sweep until the stream exists), the next sweep's snapshot: that sweep's
+        requests went out after the subscriptions, so the server has them all."""
+        from .support import wait_until
+
+        wait_until(lambda: self._raise_error() or self.collector.watching_agents, timeout,
+                   "the collector follows the agent stream")
+        return self.next_sweep(timeout)
+
     def stop(self) -> None:
-        self.stopping = True
-        self.thread.join(10)
+        """Set the run's stop event (it finishes its term: the capture, index and trace
+        indexer end, the indexer writing what it holds) and wait for the thread."""
+        if self.thread.is_alive() and self._stop is not None:
+            try:
+                self.loop.call_soon_threadsafe(self._stop.set)
+            except RuntimeError:  # the loop closed between the check and the call
+                pass
+        self.thread.join(30)
+        if self.thread.is_alive():
+            raise AssertionError("the collector thread did not stop within 30 s")
+        self._raise_error()
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "collector_without_trace_index: the `collector` fixture "
+                            "runs with its trace indexer down (a test of the index's lag)")
+
+
+async def _trace_index_down(nc, stop) -> None:
+    """``traces.indexer.run`` of a collector whose trace indexer is down."""
+    await stop.wait()
 
 
 @pytest.fixture
-def collector(fresh_server, monkeypatch):
-    """A collector sweeping the test's own bus; NATS_URL points the web side at it."""
+def collector(request, fresh_server, monkeypatch, transactional_db):
+    """A collector sweeping the test's own bus; NATS_URL points the web side at it.
+    Transactional: the collector's thread writes (heartbeats, alerts, indexes). With
+    ``@pytest.mark.collector_without_trace_index`` its trace indexer does nothing."""
     monkeypatch.setenv("NATS_URL", fresh_server.url)
+    if request.node.get_closest_marker("collector_without_trace_index"):
+        monkeypatch.setattr("traces.indexer.run", _trace_index_down)
     c = CollectorThread(fresh_server.url)
     yield c
     c.stop()
@@ -221,3 +322,35 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 def pytest_sessionfinish(session, exitstatus):
     if any(spent > BUDGETS_S.get(suite, float("inf")) for suite, spent in _spent.items()):
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    _final_status[0] = int(session.exitstatus)
+
+
+# After the results, the interpreter still joins every non-daemon thread (asgiref's and
+# asyncio's executor workers among them). One that never ended once held a CI run for an
+# hour after its last test: asyncio.run's teardown of asgiref's per-call loop waiting for
+# a loop task whose cancel Python 3.11's wait_for had lost (lucent_bus.cancel; the tests
+# of that are in test_sync.py). In case of another: if the process is still here
+# EXIT_GRACE_S after pytest is done, print every thread's stack (loudly, to the real
+# stderr) and exit with the tests' status.
+EXIT_GRACE_S = float(os.environ.get("LUCENT_TEST_EXIT_GRACE_S", "60"))
+_final_status = [int(pytest.ExitCode.INTERNAL_ERROR)]
+
+
+def _exit_watchdog() -> None:
+    time.sleep(EXIT_GRACE_S)
+    for stream in (sys.stdout, sys.__stdout__):
+        try:
+            stream.flush()
+        except (ValueError, OSError):
+            pass  # closed
+    err = sys.__stderr__
+    err.write(f"\nLUCENT TESTS: the process did not exit {EXIT_GRACE_S:.0f}s after pytest "
+              f"finished (status {_final_status[0]}); threads still running:\n")
+    faulthandler.dump_traceback(file=err, all_threads=True)
+    err.flush()
+    os._exit(_final_status[0])
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config):
+    threading.Thread(target=_exit_watchdog, name="exit-watchdog", daemon=True).start()

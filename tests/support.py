@@ -196,20 +196,27 @@ class WebsocketClient:
 
 class WebhookReceiver:
     """An HTTP server that records the JSON bodies POSTed to it, with the time each
-    arrived, answering 500 to the first ``fail`` requests (a receiver that is down)."""
+    arrived, answering 500 to the first ``fail`` requests (a receiver that is down);
+    each request's ``Idempotency-Key`` in ``keys``; ``slow`` seconds before answering
+    the first ``slow_calls`` requests (a receiver that takes its time)."""
 
-    def __init__(self, fail: int = 0) -> None:
+    def __init__(self, fail: int = 0, slow: float = 0.0, slow_calls: int = 1) -> None:
         import json
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
         self.fail, self.calls, self.received = fail, 0, []  # (monotonic time, body)
+        self.keys: list[str | None] = []
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
                 receiver.calls += 1
+                call = receiver.calls
+                receiver.keys.append(self.headers.get("Idempotency-Key"))
                 body = self.rfile.read(int(self.headers["Content-Length"]))
-                if receiver.calls <= receiver.fail:
+                if slow and call <= slow_calls:
+                    time.sleep(slow)
+                if call <= receiver.fail:
                     self.send_response(500)
                 else:
                     receiver.received.append((time.monotonic(), json.loads(body)))
@@ -280,3 +287,34 @@ def crash_and_restart(server) -> None:
     server.proc.kill()
     server.proc.wait()
     server.start().wait()
+
+
+async def eventually(check, timeout: float = 10.0, what: str = "", every: float = 0.05):
+    """``wait_until`` for async tests: ``check()`` (awaited if it gives an awaitable) until
+    it gives something true; that value. AssertionError, naming ``what``, after ``timeout``
+    seconds."""
+    import asyncio
+    import inspect
+
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"never happened within {timeout}s: {what}")
+        await asyncio.sleep(every)
+
+
+def worker_process(code: str, **env: str) -> subprocess.Popen:
+    """A worker of this checkout as its own process (to kill -9): ``code`` run after
+    ``django.setup()`` on the test database (an SQLite file), with ``env`` added."""
+    from django.db import connection
+
+    environ = {**os.environ, "DATABASE_URL": f"sqlite:///{connection.settings_dict['NAME']}",
+               "DJANGO_SETTINGS_MODULE": "lucent_console.settings", **env}
+    return subprocess.Popen([sys.executable, "-c", "import django; django.setup(); " + code],
+                            cwd=Path(__file__).resolve().parent.parent, env=environ,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -65,6 +65,12 @@ def _value(route: str, param: str, world: dict) -> str:
         return "ack"
     if param == "correlation_id":
         return "corr-access"
+    if param == "bucket":
+        return "ACCESS_KV"  # none: a 404 once past the role check
+    if param == "key":
+        return "k"
+    if param == "consumer":
+        return "access-consumer"
     raise AssertionError(f"test_access cannot fill <{param}> in {route!r}: add it to _value")
 
 
@@ -101,7 +107,10 @@ def world(db, collector, users):
         subject="access.one", consumer="worker", deliveries=3, reason="max_deliveries",
         captured_at=timezone.now(), correlation_id="corr-access", payload_available=False)
     job = Job.objects.create(kind="replay", state=Job.DONE)
-    alert = Alert.objects.create(rule=Rule.objects.first(), key="access-test", subject=STREAM,
+    # The collector's transactional database starts empty: the test makes its own rule.
+    rule = Rule.objects.create(name="access-rule", kind=Rule.CONSUMER_PENDING, threshold=1000,
+                               severity="warning")
+    alert = Alert.objects.create(rule=rule, key="access-test", subject=STREAM,
                                  severity="warning", message="test alert")
     return {"letter": letter.pk, "job": job.pk, "alert": alert.pk}
 

@@ -1,7 +1,6 @@
 """Agent activity: figures match what was published and acked; live feed; escaped names."""
 
 import asyncio
-import time
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -87,7 +86,7 @@ def test_agent_figures_match_what_was_published_and_acked(client, users, collect
         nc = await _agent_bus(collector.url)  # created after the collector started
         await asyncio.to_thread(collector.wait_for, lambda s: f"{STREAM}/risk-assessment"
                                 in s["consumers"])
-        await asyncio.to_thread(lambda: time.sleep(1.0))  # the collector follows the new stream
+        await asyncio.to_thread(collector.following_agents)  # jobs and acks are heard from now
         for i in range(10):
             data, headers = _job("lucent.agents.risk.assessment", correlation=f"corr-{i}")
             await nc.jetstream().publish("lucent.agents.risk.assessment", data, headers=headers)
@@ -131,7 +130,7 @@ def test_names_from_subjects_and_payloads_are_escaped(client, users, collector):
 
     async def work():
         nc = await _agent_bus(collector.url, "evil", "<b>evil</b>")
-        await asyncio.to_thread(lambda: time.sleep(1.0))
+        await asyncio.to_thread(collector.following_agents)
         data, headers = _job("lucent.agents.<b>evil</b>.job", mtype="<script>alert(1)</script>",
                              sender="<i>s</i>")
         await nc.jetstream().publish("lucent.agents.<b>evil</b>.job", data, headers=headers)
@@ -147,21 +146,23 @@ def test_names_from_subjects_and_payloads_are_escaped(client, users, collector):
 
 
 async def test_an_agent_message_reaches_the_socket_between_sweeps(collector):
-    collector.collector.interval = 30.0  # no sweep will come: only the event path can deliver
     cookie = await sync_to_async(_session_cookie)()
     nc = await _agent_bus(collector.url)
     await asyncio.to_thread(collector.wait_for, lambda s: f"{STREAM}/risk-assessment" in s["consumers"])
-    await asyncio.sleep(1.0)
-    collector.interval = 30.0
+    await asyncio.to_thread(collector.following_agents)
+    collector.collector.interval = 60.0  # read after each sweep: after the next, none comes
+    swept = await asyncio.to_thread(collector.next_sweep)
     comm = await _connect("/ws/live/?panel=agents", cookie)
     assert (await comm.connect())[0]
     try:
         await _receive_until(comm, 'id="agent-feed"')
         data, headers = _job("lucent.agents.risk.assessment", mtype="LiveJob")
         ack = await nc.jetstream().publish("lucent.agents.risk.assessment", data, headers=headers)
-        started = time.monotonic()
-        frame = await _receive_until(comm, f'id="job-{ack.seq}"', timeout=5)
-        assert "LiveJob" in frame and time.monotonic() - started < 5
+        frame = await _receive_until(comm, f'id="job-{ack.seq}"', timeout=10)
+        assert "LiveJob" in frame
+        # No sweep ran since: the job came by the event path (its snapshot keeps the
+        # sweep's time and says so).
+        assert collector.snapshot["at"] == swept["at"] and collector.snapshot["event"] is True
     finally:
         await comm.disconnect()
         await nc.close()

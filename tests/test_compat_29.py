@@ -6,9 +6,6 @@ capture of a MAX_DELIVERIES advisory must all work there as on the current relea
 """
 
 import asyncio
-import os
-import subprocess
-from pathlib import Path
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -17,29 +14,13 @@ from deadletters import capture as dl_capture
 from deadletters import index as dl_index
 from deadletters.models import DeadLetter
 from lucent_bus import deadletters as dl
-from lucent_bus import embedded
 from lucent_bus import jetstream as js
 from lucent_bus.lease import Lease
 from streams import topology
 
 from .conftest import CollectorThread, bus, run
 
-NATS_29 = os.getenv("LUCENT_NATS_29", "/usr/sbin/nats-server")
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def old_server(tmp_path, monkeypatch):
-    if not Path(NATS_29).exists():
-        pytest.skip(f"{NATS_29} not installed (Debian's nats-server package)")
-    version = subprocess.run([NATS_29, "--version"], capture_output=True, text=True).stdout
-    port = embedded.free_port()
-    args = [NATS_29] + embedded.server_args(port, tmp_path / "js")[1:]
-    server = embedded.Server(port, tmp_path / "js", args, tmp_path / "nats.log").start().wait()
-    server.version = version.strip()
-    monkeypatch.setenv("NATS_URL", server.url)
-    yield server
-    server.stop()
 
 
 async def _provision_and_fail_one(url: str) -> dict:

@@ -12,7 +12,7 @@ from kernel.models import AuditRecord
 from lucent_bus import deadletters as dl
 
 from .conftest import bus, run
-from .test_deadletters import _drain, _fail, _work_stream
+from .deadletter_bus import drain, fail, work_stream
 
 pytestmark = pytest.mark.django_db(transaction=True)
 XSS = "<img src=x onerror=alert(1)>"
@@ -20,17 +20,17 @@ XSS = "<img src=x onerror=alert(1)>"
 
 async def _letters(url):
     nc = await bus(url)
-    await _work_stream(nc)
+    await work_stream(nc)
     jsn = nc.jetstream()
     await jsn.publish("orders.eu.1", json.dumps({"messageId": "m-1", "messageType": "ShipOrder",
                                                  "correlationId": "corr-1", "payload": XSS}).encode(),
                       headers={"X-Note": XSS})
     await jsn.publish("orders.us.2", b"\xff\xfe binary")
-    await _fail(nc, set())
+    await fail(nc, set())
     import asyncio
 
     await asyncio.sleep(0.2)
-    await _drain(nc)
+    await drain(nc)
     await nc.close()
 
 

@@ -11,6 +11,7 @@ import threading
 import time
 
 import pytest
+from nats.errors import TimeoutError as NatsTimeout
 
 from deadletters import search
 from deadletters.models import DeadLetter
@@ -21,8 +22,8 @@ from lucent_bus.client import connect
 from lucent_bus.config import BusConfig
 
 from .conftest import bus, run
+from .deadletter_bus import advisories, drain, fail, work_stream
 from .support import CHROMIUM, CHROMIUM_ARGS, Console, chromium_or_skip, login
-from .test_deadletters import _drain, _fail, _work_stream
 
 LONG_ERROR = "handler raised: " + "x" * 120 + " END"
 
@@ -30,15 +31,15 @@ LONG_ERROR = "handler raised: " + "x" * 120 + " END"
 async def _three(url):
     """Three dead letters on ORDERS: two ShipOrder, one without a type."""
     nc = await bus(url)
-    await _work_stream(nc)
+    await work_stream(nc)
     jsn = nc.jetstream()
     for n in (1, 2):
         await jsn.publish(f"orders.eu.{n}", json.dumps({"messageId": f"m-{n}",
                                                         "messageType": "ShipOrder"}).encode())
     await jsn.publish("orders.us.3", b"plain")
-    await _fail(nc, set())
+    await fail(nc, set())
     await asyncio.sleep(0.2)
-    await _drain(nc)
+    await drain(nc)
     await nc.close()
 
 
@@ -243,14 +244,18 @@ def test_selecting_rows_counts_live_and_replays_exactly_those(console, bus_serve
         for n in (1, 2, 3):
             await nc.jetstream().publish(f"triage.job.{n}", json.dumps(
                 {"messageId": f"t-{n}", "messageType": "Triage"}).encode())
+        # Nak until the console's capture has stored an advisory for each of the three: the
+        # server advises when it would deliver them again, to a waiting pull (one short
+        # pull after the naks missed that moment on a loaded CI machine: no rows came).
+        want = await advisories(nc) + 3
         sub = await nc.jetstream().pull_subscribe_bind("picky", "TRIAGE")
-        for _ in range(2):
-            for m in await sub.fetch(3, timeout=5):
-                await m.nak()
-        try:  # the server advises when it would deliver them again: to a waiting pull
-            await sub.fetch(3, timeout=1)
-        except Exception:
-            pass
+        deadline = asyncio.get_running_loop().time() + 30
+        while await advisories(nc) < want and asyncio.get_running_loop().time() < deadline:
+            try:
+                for m in await sub.fetch(3, timeout=0.3):
+                    await m.nak()
+            except NatsTimeout:
+                continue
         await nc.close()
 
     async def triage_subjects():

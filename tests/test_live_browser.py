@@ -3,7 +3,6 @@
 import asyncio
 import concurrent.futures
 import json
-import time
 
 import pytest
 
@@ -12,7 +11,7 @@ from lucent_bus import jetstream as js
 from lucent_bus.client import connect
 from lucent_bus.config import BusConfig
 
-from .support import CHROMIUM, CHROMIUM_ARGS, Console, chromium_or_skip, login
+from .support import CHROMIUM, CHROMIUM_ARGS, Console, chromium_or_skip, login, wait_until
 
 pytestmark = pytest.mark.browser
 
@@ -75,6 +74,7 @@ def test_a_stream_created_while_the_page_is_open_appears_without_reload(page, co
     page.fill("input[name=seq]", "1")
     page.click("text=Read")
     page.wait_for_selector("article.msg")
+    page.click("article.msg details.body summary")  # bodies come collapsed to one line
     assert "<script>window.__pwned=1</script>" in page.locator("article.msg pre").inner_text()
     assert page.evaluate("window.__pwned") is None
 
@@ -94,10 +94,7 @@ def test_the_console_keeps_serving_while_the_bus_is_down_and_recovers(page, cons
     finally:
         bus_server.start().wait()
     page.wait_for_selector("#live-status.ok", timeout=30000)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and console.get("/healthz")[0] != 200:
-        time.sleep(0.5)
-    assert console.get("/healthz")[0] == 200
+    wait_until(lambda: console.get("/healthz")[0] == 200, 20, "/healthz answers 200 again")
     _add_stream(bus_server.url, "AFTER_OUTAGE")
     page.wait_for_selector("#stream-AFTER_OUTAGE", timeout=10000)
 
@@ -159,7 +156,7 @@ def test_a_silent_service_turns_stale_then_down_live(page, console, bus_server):
                 "HealthCheck", "lucent.services.pricing.health",
                 {"status": "ok", "interval_s": 0.5, "version": "9.9"},
                 sender={"serviceId": "pricing", "instanceId": "p-1"})))
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(0.2)  # the beat under test: a heartbeat every 0.2 s
         await nc.close()
 
     page.goto(console.url + "/services/")
@@ -182,7 +179,10 @@ def test_agent_jobs_appear_live_and_the_agent_page_draws_its_charts(page, consol
         await js.add_consumer(nc, "AGENT_COORDINATION", {
             "durable_name": "pricing-worker", "ack_policy": "explicit",
             "filter_subject": "lucent.agents.pricing.>"})
-        await asyncio.sleep(1.5)  # a sweep sees the consumer
+        await nc.close()
+
+    async def job():
+        nc = await connect("t", BusConfig.from_env({"NATS_URL": bus_server.url}), retry_initial=False)
         env = envelope.make("<b>PriceJob</b>", "lucent.agents.pricing.quote", {},
                             sender={"serviceId": "gateway"})
         await nc.jetstream().publish("lucent.agents.pricing.quote", envelope.encode(env))
@@ -195,6 +195,9 @@ def test_agent_jobs_appear_live_and_the_agent_page_draws_its_charts(page, consol
     page.wait_for_selector("#agent-feed")
     page.evaluate("window.__still_here = true")
     _bus_thread(work)
+    # A sweep has seen the consumer: the agent's row is on the page, live.
+    page.wait_for_selector("#agent-pricing", timeout=10000)
+    _bus_thread(job)
     row = page.wait_for_selector("#agent-feed tr:has-text('PriceJob') .outcome-done", timeout=10000)
     assert row is not None and page.evaluate("window.__still_here") is True
     assert "<b>PriceJob</b>" in page.locator("#agent-feed").inner_text()  # shown as text

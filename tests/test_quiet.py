@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
+from datetime import UTC, datetime
 
 import pytest
 from django.db import connection
@@ -51,6 +53,12 @@ def holding(kind: str) -> dict:
                                             else "down", "last_seen": 0}}
     elif kind == Rule.BUS:
         return {"ok": False, "error": "gone"}
+    elif kind == Rule.CONSUMER_PAUSE:  # resumes within the rule's 60 s
+        consumer.update(paused=True, pause_until=datetime.fromtimestamp(
+            time.time() + 30, UTC).isoformat())
+    elif kind in (Rule.SLOW_CONSUMERS, Rule.SERVER_JS_LIMIT):
+        snap["servers"] = {"n1": {"slow_consumers": 3, "slow_consumers_5m": 3,
+                                  "jetstream": {"memory_pct": 1.0, "storage_pct": 99.0}}}
     snap["consumers"]["S/c"] = consumer
     snap["streams"]["S"] = stream
     return snap

@@ -237,11 +237,18 @@ def test_bus_alert_fires_without_a_leader_and_firing_alerts_survive_new_terms(
         wait_until(lambda: Alert.objects.get(pk=bus_alert.pk).state == Alert.RESOLVED,
                    timeout=20, what="the bus alert resolves")
         resolved_after = time.monotonic() - back
-        first = wait_until(candidates.leader, timeout=30, what="a leader again")
+        # A leader again, sweeping. Right after the restart both candidates race to create
+        # the lease bucket again, and the first to lead may find the other holds the lease
+        # and step down at once: the leader that stays is the one whose term sweeps.
         # (not a measured recovery: a new term's first sweeps wait for its catch-up on a
         # loaded machine)
-        wait_until(lambda: (candidates.terms[first].snapshot or {}).get("seq", 0) >= 5,
-                   timeout=30, what="the new term sweeps")
+
+        def sweeping_leader():
+            name = candidates.leader()
+            term = candidates.terms.get(name) if name else None
+            return name if term is not None and (term.snapshot or {}).get("seq", 0) >= 5 else None
+
+        first = wait_until(sweeping_leader, timeout=45, what="a leader again, sweeping")
 
         # A handover: the next term keeps service-down firing, without notifying again.
         candidates.stop(first)

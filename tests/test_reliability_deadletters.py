@@ -23,8 +23,8 @@ from lucent_bus import jetstream as js
 from streams import topology
 
 from .conftest import bus
+from .deadletter_bus import drain, fail, work_stream
 from .malformed import CASES, HUGE, publish_raw
-from .test_deadletters import _drain, _fail, _work_stream
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.suite("faults")]
 
@@ -226,22 +226,22 @@ def test_a_row_the_database_refuses_is_stored_emptied_or_quarantined_and_the_res
 # ---------------------------------------------------------------- capture
 
 async def test_a_source_stream_declared_again_has_its_new_failures_captured(fresh_nc):
-    await _work_stream(fresh_nc)
+    await work_stream(fresh_nc)
     for i in range(3):
         await fresh_nc.jetstream().publish(f"orders.eu.{i}", f"first life {i}".encode())
-    await _fail(fresh_nc, set())
+    await fail(fresh_nc, set())
     await asyncio.sleep(0.2)
-    await _drain(fresh_nc)
+    await drain(fresh_nc)
     assert await sync_to_async(DeadLetter.objects.count)() == 3
     await js.delete_stream(fresh_nc, "ORDERS")
     # No wait for the cache to age: these are stored after the capture last read ORDERS,
     # so it reads its generation again.
-    await _work_stream(fresh_nc)  # declared again: sequences 1, 2, 3 again
+    await work_stream(fresh_nc)  # declared again: sequences 1, 2, 3 again
     for i in range(3):
         await fresh_nc.jetstream().publish(f"orders.eu.{i}", f"second life {i}".encode())
-    await _fail(fresh_nc, set())
+    await fail(fresh_nc, set())
     await asyncio.sleep(0.2)
-    await _drain(fresh_nc)
+    await drain(fresh_nc)
     rows = await sync_to_async(list)(DeadLetter.objects.order_by("dl_seq"))
     # captured concurrently: in any order within a life
     assert sorted((r.search_text, r.stream_seq) for r in rows) == \
@@ -347,6 +347,7 @@ async def test_no_envelope_stalls_the_trace_index(fresh_nc, fresh_server):
 
 def test_a_trace_row_the_database_refuses_is_emptied_or_quarantined_and_the_point_moves(monkeypatch):
     from traces import indexer
+    from traces import store as trace_store
     from traces.models import EnvelopeRecord
 
     now = datetime.now(UTC)
@@ -360,7 +361,7 @@ def test_a_trace_row_the_database_refuses_is_emptied_or_quarantined_and_the_poin
     assert _point() == (gen, 3)
     refused = EnvelopeRecord.objects.get(seq=2)
     assert (refused.message_id, refused.correlation_id, refused.origin_seq) == ("", "", None)
-    monkeypatch.setattr(indexer, "_emptied", lambda r: r)  # as if even emptied it were refused
+    monkeypatch.setattr(trace_store, "_emptied", lambda r: r)  # as if even emptied it were refused
     assert indexer.store([row(4), row(5, 2**70), row(6)]) == 2
     assert _point() == (gen, 6)
     q = Quarantined.objects.get()

@@ -7,10 +7,7 @@ fault, how long recovery took (printed; docs/RELIABILITY.md keeps the figures).
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 
@@ -28,8 +25,8 @@ from kernel.models import Job
 from lucent_bus import deadletters as dl
 from lucent_bus import jetstream as js
 
-from .support import ROOT
-from .test_deadletters import _explicit_letters
+from .deadletter_bus import explicit_letters
+from .support import worker_process
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.suite("faults")]
 SECOND = 10**9
@@ -75,7 +72,7 @@ def _wait(predicate, timeout: float, what: str):
 async def test_two_runners_of_one_job_publish_each_letter_once(fresh_nc, fresh_server, users,
                                                                monkeypatch):
     monkeypatch.setenv("NATS_URL", fresh_server.url)
-    await _explicit_letters(fresh_nc, 20)
+    await explicit_letters(fresh_nc, 20)
     await _target(fresh_nc, duplicate_window_s=60)
     job = await sync_to_async(_job)(20, 40)
     results = []
@@ -108,16 +105,11 @@ async def test_a_killed_worker_is_resumed_and_each_letter_arrives_once_past_the_
     monkeypatch.setenv("NATS_URL", fresh_server.url)
     settings.LUCENT_JOB_LEASE_S = 2
     n = 40
-    await _explicit_letters(fresh_nc, n)
+    await explicit_letters(fresh_nc, n)
     await _target(fresh_nc, duplicate_window_s=1)
     job = await sync_to_async(_job)(n, 10)
-    db = connection.settings_dict["NAME"]
-    env = {**os.environ, "DATABASE_URL": f"sqlite:///{db}", "LUCENT_JOB_LEASE_S": "2",
-           "DJANGO_SETTINGS_MODULE": "lucent_console.settings"}
-    worker = subprocess.Popen(
-        [sys.executable, "-c", "import django; django.setup(); from kernel import jobs; "
-         f"jobs.run_job({job.pk})"], cwd=ROOT, env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    worker = worker_process(f"from kernel import jobs; jobs.run_job({job.pk})",
+                            LUCENT_JOB_LEASE_S="2")
     try:
         def in_flight():
             job.refresh_from_db()
@@ -151,7 +143,7 @@ async def test_a_runner_that_died_after_publishing_is_not_repeated_past_the_wind
     runner finds those letters in the target (its duplicate window long passed) and
     sends only the rest."""
     monkeypatch.setenv("NATS_URL", fresh_server.url)
-    await _explicit_letters(fresh_nc, 6)
+    await explicit_letters(fresh_nc, 6)
     await _target(fresh_nc, duplicate_window_s=1)
     job = await sync_to_async(_job)(6, None)
     rows = await sync_to_async(lambda: [
@@ -179,7 +171,7 @@ async def test_a_killed_worker_leaves_letters_of_an_uncheckable_target_to_an_ope
     """A work-queue target may have delivered (and so deleted) what was sent: what the
     dead runner had in flight becomes "outcome unknown", never a silent republish."""
     monkeypatch.setenv("NATS_URL", fresh_server.url)
-    await _explicit_letters(fresh_nc, 6)
+    await explicit_letters(fresh_nc, 6)
     await _target(fresh_nc, retention="workqueue")
     job = await sync_to_async(_job)(6, None)
     letters = await sync_to_async(lambda: list(DeadLetter.objects.order_by("pk")))()
@@ -204,7 +196,7 @@ async def test_a_killed_worker_leaves_letters_of_an_uncheckable_target_to_an_ope
 async def test_cancel_takes_effect_within_a_second_at_a_low_rate(fresh_nc, fresh_server, users,
                                                                  monkeypatch):
     monkeypatch.setenv("NATS_URL", fresh_server.url)
-    await _explicit_letters(fresh_nc, 7)
+    await explicit_letters(fresh_nc, 7)
     await _target(fresh_nc)
     job = await sync_to_async(_job)(7, 0.2)
     runner = threading.Thread(target=lambda: (job_runner.run_job(job.pk), connection.close()))
@@ -225,10 +217,104 @@ async def test_cancel_takes_effect_within_a_second_at_a_low_rate(fresh_nc, fresh
     assert len(await _letters_in_target(fresh_nc)) == 1
 
 
+
+async def test_two_operators_cancelling_one_running_job_at_once_end_it_once(
+        fresh_nc, fresh_server, users, monkeypatch):
+    """Two cancels of the same running job through the API at the same instant (two
+    operators, two clients, two threads): both answer, the job ends ``cancelled`` once,
+    nothing is sent after that and no letter twice."""
+    from django.contrib.auth.models import Group, User
+    from django.test import Client
+
+    from kernel.models import AuditRecord
+
+    monkeypatch.setenv("NATS_URL", fresh_server.url)
+    await explicit_letters(fresh_nc, 8)
+    await _target(fresh_nc)
+    job = await sync_to_async(_job)(8, 2)
+
+    def operators() -> list[Client]:
+        second = User.objects.create_user("operator2", password="pw-operator2")
+        second.groups.add(Group.objects.get(name="operator"))
+        clients = []
+        for user in (users["operator"], second):
+            clients.append(Client())
+            clients[-1].force_login(user)
+            assert clients[-1].get(f"/api/v1/jobs/{job.pk}/").status_code == 200  # warm
+        return clients
+
+    clients = await sync_to_async(operators)()
+    runner = threading.Thread(target=lambda: (job_runner.run_job(job.pk), connection.close()))
+    runner.start()
+    await sync_to_async(_wait, thread_sensitive=False)(
+        lambda: Job.objects.filter(pk=job.pk, done__gte=2).exists(), 10, "two letters")
+    answers: list = [None, None]
+    start = threading.Barrier(2)
+
+    def cancel(i: int) -> None:
+        start.wait(5)
+        answers[i] = clients[i].post(f"/api/v1/jobs/{job.pk}/cancel/", {},
+                                     content_type="application/json")
+        connection.close()
+
+    def race() -> None:
+        threads = [threading.Thread(target=cancel, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+
+    asked = time.monotonic()
+    await sync_to_async(race, thread_sensitive=False)()
+    answered = time.monotonic() - asked
+    await sync_to_async(_wait, thread_sensitive=False)(
+        lambda: Job.objects.filter(pk=job.pk, state="cancelled").exists(), 5, "cancelled")
+    took = time.monotonic() - asked
+    at_cancel = len(await _letters_in_target(fresh_nc))
+    runner.join(5)
+    assert not runner.is_alive()
+    time.sleep(1.5)  # three more rate slots: a runner still going would have sent more
+    await sync_to_async(job.refresh_from_db)()
+    arrived = await _letters_in_target(fresh_nc)
+    print(f"\ntwo cancels at once: answered {[a.status_code for a in answers]} in "
+          f"{answered:.2f}s, job cancelled {took:.2f}s after they were sent, {job.done} of 8 sent")
+    # Both answer (no 500). The first to write turns the job to cancelling; the other sees
+    # it cancelling too, unless the runner ended it in between (then 200 "cancelled", or a
+    # clear 400 when it read the row after the end): both are what cancel_job does.
+    ended = f"job {job.pk} has ended (cancelled)"
+    seen = []
+    for answer in answers:
+        if answer.status_code == 200:
+            seen.append(("ok", f"job {job.pk}: {answer.json()['state']}"))
+        else:
+            assert answer.status_code == 400 and answer.json()["error"] == ended, answer.content
+            seen.append(("failed", ended))
+    assert ("ok", f"job {job.pk}: cancelling") in seen, seen
+    assert set(seen) <= {("ok", f"job {job.pk}: cancelling"),
+                                 ("ok", f"job {job.pk}: cancelled"), ("failed", ended)}
+    assert (job.state, job.failed, job.unknown) == ("cancelled", 0, 0)
+    assert job.cancel_requested and 2 <= job.done < 8 and job.finished_at is not None
+    assert len(arrived) == at_cancel == job.done  # nothing sent after the cancel took effect
+    assert len(set(arrived)) == len(arrived)  # no letter twice
+    assert await sync_to_async(Replay.objects.filter(job=job).count)() == job.done
+    # The audit: one record per request, by its operator, saying what that request answered.
+    records = await sync_to_async(lambda: list(AuditRecord.objects.filter(
+        action="job.cancel", target=str(job.pk)).values_list("username", "outcome", "detail")))()
+    assert sorted(records) == sorted([(user, *row) for user, row in
+                                      zip(("operator", "operator2"), seen, strict=True)])
+    # ...and a third cancel, after the end, is refused clearly and audited as failed.
+    late = await sync_to_async(clients[0].post)(f"/api/v1/jobs/{job.pk}/cancel/", {},
+                                                content_type="application/json")
+    assert late.status_code == 400 and late.json()["error"] == ended
+    assert await sync_to_async(lambda: list(AuditRecord.objects.filter(
+        action="job.cancel", target=str(job.pk)).values_list("outcome", "detail")[:1]))() == [
+        ("failed", ended)]
+
+
 async def test_a_rate_limited_job_shows_progress_per_letter(fresh_nc, fresh_server, users,
                                                             monkeypatch):
     monkeypatch.setenv("NATS_URL", fresh_server.url)
-    await _explicit_letters(fresh_nc, 4)
+    await explicit_letters(fresh_nc, 4)
     await _target(fresh_nc)
     job = await sync_to_async(_job)(4, 2)
     seen = set()
@@ -247,7 +333,7 @@ async def test_a_rate_limited_job_shows_progress_per_letter(fresh_nc, fresh_serv
 async def test_a_job_started_from_a_dry_run_replays_exactly_what_it_counted(
         fresh_nc, fresh_server, users, monkeypatch):
     monkeypatch.setenv("NATS_URL", fresh_server.url)
-    await _explicit_letters(fresh_nc, 5)
+    await explicit_letters(fresh_nc, 5)
     await _target(fresh_nc, duplicate_window_s=60)
     preview = await sync_to_async(plans.dry_run)({"consumer": "shipper"}, TARGET)
     assert preview["matched"] == 5
@@ -256,9 +342,9 @@ async def test_a_job_started_from_a_dry_run_replays_exactly_what_it_counted(
             dl.subject("ORDERS", "shipper"), b"late",
             headers=dl.headers({}, stream="ORDERS", seq=100 + i, subject="orders.eu.late",
                                consumer="shipper", deliveries=2, reason=dl.REASON_MAX_DELIVERIES))
-    from .test_deadletters import _drain
+    from .deadletter_bus import drain
 
-    await _drain(fresh_nc)
+    await drain(fresh_nc)
     assert await sync_to_async(DeadLetter.objects.count)() == 7
     started = await sync_to_async(plans.start_job)(users["operator"], "replay", {"consumer": "shipper"},
                                                  TARGET, None, False, preview["plan"])
@@ -319,7 +405,7 @@ async def test_a_bulk_replay_to_original_subjects_refuses_the_bus_own_ones(
         fresh_nc, fresh_server, users, monkeypatch):
     """A letter's original subject is bus data too: one naming a $KV subject is not sent."""
     monkeypatch.setenv("NATS_URL", fresh_server.url)
-    await _explicit_letters(fresh_nc, 3, lambda i: "$KV.LUCENT_LEADER.collector" if i == 1
+    await explicit_letters(fresh_nc, 3, lambda i: "$KV.LUCENT_LEADER.collector" if i == 1
                             else f"orders.eu.{i}")
     await js.add_stream(fresh_nc, {"name": "KV_LUCENT_LEADER", "subjects": ["$KV.LUCENT_LEADER.>"],
                                    "storage": "memory"})  # a stream that would store it

@@ -65,6 +65,11 @@ def _pages(page, base: str) -> dict[str, str]:
         "hierarchy": "/agents/hierarchy/", "services": "/services/", "probe": "/services/probe/",
         "alerts": "/alerts/", "trace-search": "/trace/", "trace": trace, "audit": "/audit/",
         "not-found": "/streams/NO_SUCH_STREAM/", "admin": "/admin/",
+        # acting on the bus (issue 15)
+        "consumer": "/streams/AGENT_COORDINATION/consumers/risk-assessment/",
+        "stream-edit": "/streams/COMMANDS/edit/", "kv": "/kv/", "kv-bucket": "/kv/LUCENT_LEADER/",
+        "kv-key": "/kv/LUCENT_LEADER/keys/collector/", "publish": "/publish/",
+        "servers": "/servers/", "connections": "/connections/",
     }
 
 
@@ -129,6 +134,12 @@ def test_the_indicator_leaves_live_at_once_when_the_socket_closes(console, brows
     page.goto(console.url + "/streams/")
     page.wait_for_selector("#live-status.ok", timeout=15000)
     assert page.locator("#live-status .state").inner_text() == "live"
+    # A page that reads the servers directly (not the collector's snapshot) stays ungreyed.
+    servers = browser.new_page(viewport={"width": 1440, "height": 900})
+    login(servers, console.url)
+    servers.goto(console.url + "/servers/")
+    servers.wait_for_selector("#live-status.ok", timeout=15000)
+    servers.wait_for_selector("table.grid td", timeout=10000)
     web = [p for p in descendants(console.proc.pid) if "uvicorn" in cmdline(p)]
     assert web
     killed = time.monotonic()
@@ -141,6 +152,14 @@ def test_the_indicator_leaves_live_at_once_when_the_socket_closes(console, brows
     assert "stale" in page.evaluate("document.body.className")  # figures greyed
     page.wait_for_timeout(1200)
     assert "old" in page.locator("#stale-banner").inner_text()  # with their age
+    opacity = "getComputedStyle(document.querySelector('main table.grid td')).opacity"
+    assert page.evaluate(opacity) == "0.6"
+    servers.wait_for_selector("#live-status.reconnecting", timeout=3000)
+    assert "stale" in servers.evaluate("document.body.className")
+    assert servers.evaluate(opacity) == "1"
+    assert "reads the bus directly" in servers.locator("#stale-banner").inner_text()
+    servers.screenshot(path=str(SHOTS / "servers-reconnecting-desktop.png"), full_page=True)
+    servers.close()
     page.screenshot(path=str(SHOTS / "streams-reconnecting-desktop.png"), full_page=True)
     assert left < 2.0, f"left 'live' only after {left:.1f}s"
     # The web child restarted: the page reconnects by itself and says live again.

@@ -1,6 +1,8 @@
 """Services: heartbeats make instances up, stale, down and up again; alerts are kept."""
 
 import asyncio
+import contextlib
+import threading
 import time
 
 import pytest
@@ -41,12 +43,26 @@ def test_status_follows_the_heartbeat_intervals():
 def test_a_silent_service_turns_stale_then_down_and_comes_back(client, users, collector):
     client.force_login(users["viewer"])
 
-    async def beats(n: int, service: str = "trading"):
-        nc = await bus(collector.url)
-        for _ in range(n):
-            await nc.publish(f"lucent.services.{service}.health", _beat(service, interval=0.3))
-            await asyncio.sleep(0.1)
-        await nc.close()
+    @contextlib.contextmanager
+    def beating(service: str = "trading"):
+        """Heartbeats every 0.1 s (interval 0.3 s) until the block ends: "up" lasts only
+        0.6 s after the last one, so the beats go on while the test looks for it."""
+        stop = threading.Event()
+
+        async def beats():
+            nc = await bus(collector.url)
+            while not stop.is_set():
+                await nc.publish(f"lucent.services.{service}.health", _beat(service, interval=0.3))
+                await asyncio.sleep(0.1)
+            await nc.close()
+
+        thread = threading.Thread(target=asyncio.run, args=(beats(),), daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join(5)
 
     def status():
         rows = client.get("/api/v1/services/").json()
@@ -60,12 +76,12 @@ def test_a_silent_service_turns_stale_then_down_and_comes_back(client, users, co
             time.sleep(0.1)
         return False
 
-    run(beats(3))
-    assert wait_for("up")
+    with beating():
+        assert wait_for("up")
     assert wait_for("stale")  # no heartbeat for 2 intervals
     assert wait_for("down")  # 5 intervals
-    run(beats(3))
-    assert wait_for("up")
+    with beating():
+        assert wait_for("up")
 
 
 def test_alerts_are_kept_and_shown_escaped(client, users, collector):

@@ -15,6 +15,7 @@ from django.urls import reverse
 
 from deadletters import index as dl_index
 from deadletters.models import DeadLetter
+from kernel import helper
 from kernel.actions import ActionError
 from lucent_bus import deadletters as dl
 from lucent_bus import envelope
@@ -23,6 +24,7 @@ from traces import indexer, tasks
 from traces.models import Cursor, EnvelopeRecord
 from traces.trace import trace
 
+from . import support
 from .conftest import bus, run
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -249,7 +251,12 @@ async def test_a_writer_process_that_dies_after_storing_loses_nothing_and_stores
     no-op."""
     await topology.apply(fresh_nc)
     monkeypatch.setenv("LUCENT_TEST_WRITER_DIES", str(tmp_path / "died"))
-    monkeypatch.setattr(indexer.Writer, "TARGET", "tests.support:writer_that_dies_once")
+    # A test-only helper: registered here and, through its start code, in the child.
+    monkeypatch.setitem(helper.HANDLERS, "test-writer-dies-once", support.writer_that_dies_once)
+    monkeypatch.setattr(indexer.Writer, "TARGET", "test-writer-dies-once")
+    monkeypatch.setattr(indexer.Writer, "CODE", helper.Helper.CODE.replace(
+        "helper.serve(", "from tests import support; helper.register("
+        "\"test-writer-dies-once\", support.writer_that_dies_once); helper.serve("))
     async with indexing(fresh_nc, max_batch=100, spawn_at=1) as idx:
         await _jobs_and_events(fresh_nc, 600, "corr-die")
         await _until(lambda: _count(correlation_id="corr-die") >= 1200, timeout=30)
@@ -453,6 +460,7 @@ def test_the_message_browser_links_each_correlation_to_its_trace(viewer_client, 
     assert 'value="1"' in page
 
 
+@pytest.mark.collector_without_trace_index  # "the indexer is down" below: the collector's too
 def test_metrics_say_how_far_the_index_is_behind_each_stream(client, collector):
     async def publish():
         nc = await bus(collector.url)

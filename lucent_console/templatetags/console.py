@@ -12,6 +12,8 @@ from django import template
 from django.utils.html import conditional_escape, format_html
 from django.utils.timezone import now as django_now
 
+from alerts.thresholds import level as judge
+
 register = template.Library()
 
 
@@ -99,8 +101,6 @@ def sort_link(context, field: str, label: str):
 @register.filter
 def clock(epoch) -> str:
     """Epoch seconds -> HH:MM:SS UTC."""
-    from datetime import UTC, datetime
-
     if epoch is None:
         return "–"
     return datetime.fromtimestamp(float(epoch), UTC).strftime("%H:%M:%S")
@@ -255,8 +255,6 @@ def pairs(value) -> list[tuple[str, str]]:
 
 @register.simple_tag
 def level(kind: str, value, subject=None, limit=None) -> str:
-    from alerts.thresholds import level as judge
-
     try:
         return judge(kind, value, subject, limit)
     except (TypeError, ValueError):  # a figure the bus sent as garbage: no colour

@@ -32,7 +32,9 @@
       // Room above the plot for the legend, left of it for the y axis title.
       margin: {l: 64, r: 10, t: 56, b: 40},
       paper_bgcolor: c.paper_bgcolor, plot_bgcolor: c.plot_bgcolor, font: c.font,
-      xaxis: {type: "date", gridcolor: c["xaxis.gridcolor"], title: {text: "time", font: {size: 11}}},
+      xaxis: {type: "date", gridcolor: c["xaxis.gridcolor"], title: {text: "time", font: {size: 11}},
+              // A short history (a few samples) never ticks in milliseconds.
+              tickformatstops: [{dtickrange: [null, 1000], value: "%H:%M:%S"}]},
       yaxis: {gridcolor: c["yaxis.gridcolor"], rangemode: "tozero",
               title: {text: unit || "", font: {size: 11}}},
       // Above the plot, clear of both axes (below, it sat on the x axis's dates).

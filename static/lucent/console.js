@@ -76,5 +76,25 @@
     }
   }
   setInterval(refreshTimes, 5000);
+
+  // A refused or bad action answers 4xx with its reason as a fragment (htmx-config in
+  // base.html swaps it in). A 5xx or a lost connection swaps nothing: say so where the
+  // answer would have gone, never fail silently.
+  function failed(e, why) {
+    const target = e.detail && e.detail.target;
+    if (!target || !target.isConnected) return;
+    const p = document.createElement("p");
+    p.className = "error request-failed";
+    p.textContent = why;
+    target.replaceChildren(p);
+  }
+  document.body.addEventListener("htmx:responseError", (e) => {
+    const status = e.detail.xhr ? e.detail.xhr.status : "?";
+    failed(e, "The console could not do this (HTTP " + status + "). The audit page says " +
+              "whether anything was done; the server log has the cause.");
+  });
+  document.body.addEventListener("htmx:sendError", (e) => {
+    failed(e, "The console did not answer (network or server down): try again.");
+  });
   window.lucentRelative = relative;  // live.js says "stale 3 min" the same way
 })();

@@ -71,8 +71,14 @@
     }
     document.body.classList.toggle("stale", state !== "live");
     if (banner) {
-      banner.textContent = state === "live" ? "" :
-        "Figures below are " + short(age) + " old: " + why + (state === "reconnecting" ? "; reconnecting…" : ".");
+      // Pages that read the bus or the servers on each request (main.reads-directly) are
+      // not the collector's figures: the banner says what is old, and they stay ungreyed.
+      const subject = main.classList.contains("reads-directly")
+        ? "The console's live figures (header, alerts) are " : "Figures below are ";
+      const tail = main.classList.contains("reads-directly")
+        ? " This page reads the bus directly and says so when a read fails." : "";
+      banner.textContent = state === "live" ? "" : subject + short(age) + " old: " + why +
+        (state === "reconnecting" ? "; reconnecting…" : ".") + tail;
     }
     document.body.dataset.live = state;  // for tests and for anyone's devtools
   }

@@ -8,7 +8,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from deadletters import index as dl_index
 from deadletters import plans, replay, search
-from deadletters.api import _row
+from deadletters.api import letter_row
 from deadletters.serializers import (
     BulkPurgeSerializer,
     BulkReplaySerializer,
@@ -17,7 +17,7 @@ from deadletters.serializers import (
 from kernel.actions import ActionError
 from kernel.models import Job
 from kernel.serializers import check
-from lucent_bus.runner import run_with_bus
+from lucent_bus import sync as bus_sync
 
 NO_WORKER_S = 10  # a job still queued after this long: say that no worker seems to be there
 
@@ -44,7 +44,7 @@ class Command(BaseCommand):
         filters = {k: opts[k] for k in search.FILTERS if opts.get(k)}
         try:
             if action == "reindex":
-                added = run_with_bus("reindex", dl_index.reindex)
+                added = bus_sync.with_own_client("reindex", dl_index.reindex)
                 self.stdout.write(f"indexed {added} dead letters from DEAD_LETTERS")
             elif action == "list":
                 self.list(filters, opts)
@@ -61,7 +61,7 @@ class Command(BaseCommand):
 
     def list(self, filters, opts):
         qs = search.filtered(search.clean_filters(filters))
-        rows = [_row(x) for x in qs[: opts["limit"]]]
+        rows = [letter_row(x) for x in qs[: opts["limit"]]]
         if opts["json"]:
             self.stdout.write(json.dumps({"count": qs.count(), "results": rows}, indent=2))
             return

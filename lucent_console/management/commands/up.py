@@ -14,8 +14,8 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
 from lucent_bus import embedded, lease
+from lucent_bus import sync as bus_sync
 from lucent_bus.config import BusConfig
-from lucent_bus.runner import run_with_bus
 from lucent_console.supervisor import Child, Supervisor
 from streams import topology
 
@@ -83,13 +83,30 @@ class Command(BaseCommand):
         collect_static()
         login_hint = self.ensure_admin()
 
+        self.apply_topology(stop_requested)
+        if stop_requested:
+            return
+        self.start_children(demo, host, port)
+        try:
+            embedded.wait_listening(port, 30, host=self.local(host))
+        except TimeoutError:
+            raise CommandError(f"the web server did not start listening on {host}:{port}") from None
+        self.sup.settle()
+        self.stdout.write(self.style.SUCCESS(
+            f"\n  Lucent Console is running at http://{self.local(host)}:{port}/\n"
+            f"  {login_hint}\n  Stop it with Ctrl-C.\n"))
+
+    def apply_topology(self, stop_requested: list) -> None:
+        """Apply the topology and create the leader lease, waiting for the bus (every 2 s)
+        until it answers or a stop is requested."""
+        say = self.sup.say
         say("applying the topology...")
         changes = []
         while not stop_requested:
             try:
-                changes = run_with_bus("up", topology.apply)
+                changes = bus_sync.with_own_client("up", topology.apply)
                 # The collectors' leader lease (they would create it themselves, later).
-                run_with_bus("up", lambda nc: lease.ensure_bucket(nc, settings.LUCENT_LEADER_TTL))
+                bus_sync.with_own_client("up", lease.ensure_bucket, settings.LUCENT_LEADER_TTL)
                 break
             except Exception as exc:
                 say(f"bus not reachable yet ({type(exc).__name__}: {exc}); retrying in 2s")
@@ -97,9 +114,9 @@ class Command(BaseCommand):
         for c in changes:
             if c.action != "unchanged" or c.warnings:
                 say(f"  {c.stream}: {c.action} {c.detail} {'; '.join(c.warnings)}".rstrip())
-        if stop_requested:
-            return
 
+    def start_children(self, demo: bool, host: str, port: int) -> None:
+        """Web server, collector, Celery worker and beat, and the demo if asked."""
         env = dict(os.environ)
         env.setdefault("DJANGO_SETTINGS_MODULE", "lucent_console.settings")
         env.setdefault("PYTHONUNBUFFERED", "1")
@@ -131,14 +148,6 @@ class Command(BaseCommand):
             "--schedule", str(settings.VAR_DIR / "celerybeat-schedule")], env))
         if demo:
             self.sup.start(Child("demo", [py, manage, "demo"], env, ready=r"^demo: "))
-        try:
-            embedded.wait_listening(port, 30, host=self.local(host))
-        except TimeoutError:
-            raise CommandError(f"the web server did not start listening on {host}:{port}") from None
-        self.sup.settle()
-        self.stdout.write(self.style.SUCCESS(
-            f"\n  Lucent Console is running at http://{self.local(host)}:{port}/\n"
-            f"  {login_hint}\n  Stop it with Ctrl-C.\n"))
 
     @staticmethod
     def local(host: str) -> str:
@@ -147,7 +156,8 @@ class Command(BaseCommand):
     def start_embedded_nats(self) -> str:
         store = settings.VAR_DIR / "nats"
         port = embedded.free_port(int(os.getenv("LUCENT_NATS_PORT", DEFAULT_NATS_PORT)))
-        args = embedded.server_args(port, store)
+        monitor_port = embedded.free_port()  # the servers and connections pages read it
+        args = embedded.server_args(port, store, monitor_port=monitor_port)
         child = Child("nats", args, echo=False, infrastructure=True)
         self.sup.start(child)
         try:
@@ -155,6 +165,7 @@ class Command(BaseCommand):
         except (TimeoutError, RuntimeError) as exc:
             raise CommandError(f"embedded nats-server: {exc}; {' | '.join(child.tail)}") from exc
         self.sup.say(f"embedded nats-server on port {port}, store {store}")
+        os.environ.setdefault("LUCENT_NATS_MONITOR_URLS", f"http://127.0.0.1:{monitor_port}")
         return f"nats://127.0.0.1:{port}"
 
     def ensure_admin(self) -> str:

@@ -2,7 +2,7 @@ import json
 
 from django.core.management.base import BaseCommand, CommandError
 
-from lucent_bus.runner import run_with_bus
+from lucent_bus import sync as bus_sync
 from streams import topology
 
 
@@ -15,7 +15,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, action, json: bool = False, **options):
         try:
-            result = run_with_bus("topology", getattr(topology, action))
+            result = bus_sync.with_own_client("topology", getattr(topology, action))
         except Exception as exc:
             raise CommandError(f"topology {action}: {type(exc).__name__}: {exc}") from exc
         getattr(self, f"show_{action}")(result, json)
