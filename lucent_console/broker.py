@@ -10,6 +10,16 @@ atomic on one filesystem. A worker takes a file by renaming it into ``processed/
 (same filesystem, so never a copy of a half-read file), and a file it cannot decode is
 kept there as ``*.bad`` and set aside in ``Quarantined`` (counted on /metrics as
 ``lucent_quarantined_total``), instead of stopping the worker.
+
+Its exchange tables (which queue an exchange routes to) had the same kind of race:
+a process that found no table opened it with "wb", truncating whatever another
+process had just bound, so messages sent to that exchange were routed nowhere (seen
+as a third of a test's messages arriving; on a fresh ``var/`` the web, worker and beat
+processes all bind ``celery`` at start). And within one process, kombu notes a
+binding in memory shared by every connection before writing it to the table, so a
+second thread could send before the first had written it: its messages went to the
+undeliverable queue nobody reads. Here the table is created without truncation, read,
+changed and written under one exclusive lock, and written before the binding is noted.
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ from queue import Empty
 from time import monotonic
 
 from kombu.transport import TRANSPORT_ALIASES, filesystem
+from kombu.transport.filesystem import LOCK_EX, exchange_queue_t, lock, unlock
 from kombu.utils.encoding import bytes_to_str, str_to_bytes
 from kombu.utils.json import dumps, loads
 
@@ -42,6 +53,50 @@ class Channel(filesystem.Channel):
             os.replace(partial, final)
         except OSError as exc:
             raise filesystem.ChannelError(f"cannot add {final!r} to the queue: {exc}") from exc
+
+    def queue_bind(self, queue, exchange=None, routing_key="", arguments=None, **kwargs):
+        exchange = exchange or "amq.direct"
+        meta = self.typeof(exchange).prepare_bind(queue, exchange, routing_key, arguments)
+        self._queue_bind(exchange, *meta)  # on disk before any thread can see it noted
+        super().queue_bind(queue, exchange, routing_key, arguments, **kwargs)
+
+    def _queue_bind(self, exchange, routing_key, pattern, queue):
+        file = self._exchange_file(exchange)
+        self.control_folder.mkdir(parents=True, exist_ok=True)
+        entry = exchange_queue_t(routing_key or "", pattern or "", queue or "")
+        try:
+            # O_CREAT without O_TRUNC: never empties a table another process wrote.
+            with os.fdopen(os.open(file, os.O_RDWR | os.O_CREAT, 0o644), "rb+", buffering=0) as f:
+                lock(f, LOCK_EX)
+                try:
+                    text = bytes_to_str(f.read())
+                    table = [exchange_queue_t(*q) for q in loads(text)] if text.strip() else []
+                    if entry not in table:
+                        table.insert(0, entry)
+                        f.seek(0)
+                        f.write(str_to_bytes(dumps(table)))
+                        f.truncate()
+                finally:
+                    unlock(f)
+        except OSError as exc:
+            raise filesystem.ChannelError(f"cannot bind {queue!r} in {file}: {exc}") from exc
+
+    def get_table(self, exchange):
+        # A table just created by another process is empty until its first write, which
+        # holds the lock: read under a shared lock (kombu does), empty meaning no binding.
+        file = self._exchange_file(exchange)
+        try:
+            with open(file, "rb") as f:
+                lock(f, filesystem.LOCK_SH)
+                try:
+                    text = bytes_to_str(f.read())
+                finally:
+                    unlock(f)
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise filesystem.ChannelError(f"cannot open {file}: {exc}") from exc
+        return [exchange_queue_t(*q) for q in loads(text)] if text.strip() else []
 
     def _get(self, queue):
         wanted = f"{queue}.msg"

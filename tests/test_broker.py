@@ -3,14 +3,18 @@ with an atomic writer. Stock kombu 5.7 lets a reader take a message file before 
 writer has written it (the worker read it empty and stopped, seen on `make run`). The
 race itself is too narrow to reproduce on demand; the tests hold what the fix promises: many writers against a
 reader lose and double nothing and leave no partial file, and an empty message file
-(what stock kombu's reader met) is kept aside and counted while the next one is read."""
+(what stock kombu's reader met) is kept aside and counted while the next one is read.
+The exchange tables: writers in threads of one process lost their first messages
+(kombu noted the binding before writing it), and processes binding at once emptied
+each other's table (stock kombu creates it with "wb")."""
 
 from __future__ import annotations
 
+import multiprocessing
 import threading
 import time
 
-from kombu import Connection
+from kombu import Connection, Exchange, Queue
 
 from lucent_console import broker
 
@@ -54,6 +58,31 @@ def test_writers_racing_a_reader_lose_and_double_nothing(tmp_path):
     assert len(set(got)) == len(got)  # nothing doubled
     assert not list((tmp_path / "queue").iterdir())  # no .part left behind
     assert not list((tmp_path / "processed").iterdir())
+
+
+def _bind(options: dict, queue: str, start) -> None:
+    start.wait()
+    with Connection(transport=broker.Transport, transport_options=options) as conn:
+        Queue(queue, Exchange("shared", "direct"), routing_key=queue)(conn.default_channel).declare()
+
+
+def test_processes_binding_one_exchange_at_once_all_stay_in_its_table(tmp_path):
+    from kombu.utils.json import loads
+
+    options = _options(tmp_path)
+    context = multiprocessing.get_context("fork")
+    for round_ in range(5):
+        start = context.Event()
+        names = [f"q{round_}-{i}" for i in range(6)]
+        procs = [context.Process(target=_bind, args=(options, n, start)) for n in names]
+        for p in procs:
+            p.start()
+        start.set()
+        for p in procs:
+            p.join(30)
+            assert p.exitcode == 0
+        table = loads((tmp_path / "control" / "shared.exchange").read_text())
+        assert set(names) <= {q for _key, _pattern, q in table}
 
 
 def test_an_unreadable_message_is_kept_and_counted_and_the_next_one_is_read(tmp_path, db):
