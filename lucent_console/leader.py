@@ -126,6 +126,16 @@ async def _elect(lease: Lease, stop: asyncio.Event, name: str,
             await _wait(stop, 2 * poll)  # let a healthier standby take it
 
 
+def _say_how_it_ended(task: asyncio.Task, name: str, said: bool) -> None:
+    """A term's work that failed while stepping down (its connection lost with the bus,
+    say) is logged here, not left to asyncio's "exception was never retrieved"."""
+    if not task.done():
+        log.error("%s: the work did not end when told to nor when cancelled; left running",
+                  name)
+    elif not said and not task.cancelled() and task.exception() is not None:
+        log.warning("%s: the work failed as it stopped: %r", name, task.exception())
+
+
 async def _lead(lease: Lease, stop: asyncio.Event, name: str,
                 work: Callable[[asyncio.Event], Awaitable]) -> bool:
     """Run ``work`` while the lease holds; True when the work failed by itself."""
@@ -171,6 +181,7 @@ async def _lead(lease: Lease, stop: asyncio.Event, name: str,
         if not done:
             task.cancel()
             await asyncio.wait({task}, timeout=margin)
+        _say_how_it_ended(task, name, crashed)
         if stop.is_set() or crashed:
             await lease.release()
         else:

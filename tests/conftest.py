@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import faulthandler
 import logging
 import os
@@ -25,6 +26,20 @@ from lucent_bus.config import BusConfig
 # one CI run died with INTERNALERROR "AST constructor recursion depth mismatch" while
 # pytest parsed a failing test's source. Such logging errors are dropped instead.
 logging.raiseExceptions = False
+# It happened again with a thread printing an ordinary traceback (asyncio's "Task
+# exception was never retrieved") while pytest parsed a failing test's source for its
+# report, and the report was lost. CPython 3.11.7 keeps the AST constructor's recursion
+# depth in state shared by every parse (gh-106905; per-call since 3.11.8, GH-113035):
+# parses run one at a time here.
+_ast_parse, _ast_lock = ast.parse, threading.Lock()
+
+
+def _parse_alone(*args, **kwargs):
+    with _ast_lock:
+        return _ast_parse(*args, **kwargs)
+
+
+ast.parse = _parse_alone
 
 
 @pytest.fixture(scope="session", autouse=True)
