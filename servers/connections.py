@@ -142,8 +142,12 @@ def connections(q: str = "", sort: str = "cid", desc: bool | None = None, offset
                 limit: int = 50) -> dict:
     """For pages and the API (sync); raises NotConfigured / Unavailable."""
     src = overview.source()
-    try:
-        return sync.run(gather_connections, src, q, sort, desc, offset, limit,
-                        timeout=src.timeout * 2 + 5)
-    except monitor.MonitorError as exc:
-        raise Unavailable(str(exc)) from None
+
+    def fetch() -> dict:
+        try:
+            return sync.run(gather_connections, src, q, sort, desc, offset, limit,
+                            timeout=src.timeout * 2 + 5)
+        except monitor.MonitorError as exc:
+            raise Unavailable(str(exc)) from None
+
+    return overview.SHARED.get(("connections", src, q, sort, desc, offset, limit), fetch)

@@ -6,11 +6,17 @@ rules).
 Rates (messages and bytes a second, per server and per connection) come from two
 samples: this process keeps the last counters it saw (``Rates``), so the first look
 has none and every later one (the page polls, the collector sweeps) has them.
+
+Pages and API calls share answers (``SHARED``): the same question asked again within
+``FRESH_S`` of its answer, by any page open on this process, gets that answer (a
+failure too) instead of another round of requests to every server, so N open pages
+polling every 3 s cost about one poll a second, not N every 3 s.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import os
 import re
@@ -29,6 +35,40 @@ SLOW_PENDING_SHARE = 0.1  # a connection with this share of max_pending waiting 
 PAGE_SIZES = (25, 50, 100, 200)
 
 
+FRESH_S = 1.0  # an answer is shared this long (a third of the pages' poll)
+
+
+class SharedAnswers:
+    """Answers of the monitoring source by question, each for ``fresh_s`` seconds; a
+    question being fetched is waited for, not asked again. Every caller gets a copy."""
+
+    def __init__(self, fresh_s: float = FRESH_S) -> None:
+        self.fresh_s = fresh_s
+        self._lock = threading.Lock()
+        self._answers: dict = {}  # question -> (answered at, result, Unavailable or None)
+
+    def get(self, question, fetch):
+        with self._lock:  # one fetch at a time in this process (under ASGI one thread asks)
+            now = time.monotonic()
+            answer = self._answers.get(question)
+            if answer is None or now - answer[0] >= self.fresh_s:
+                try:
+                    result, failure = fetch(), None
+                except Unavailable as exc:
+                    result, failure = None, exc
+                now = time.monotonic()
+                self._answers = {q: a for q, a in self._answers.items()
+                                 if now - a[0] < self.fresh_s}
+                answer = self._answers[question] = (now, result, failure)
+        if answer[2] is not None:
+            raise Unavailable(str(answer[2]))
+        return copy.deepcopy(answer[1])
+
+    def clear(self) -> None:
+        with self._lock:
+            self._answers = {}
+
+
 class NotConfigured(ActionError):
     """No monitoring source: the API answers 404 with what is needed (the resource does
     not exist in this deployment; not a server failure), the pages say it."""
@@ -38,6 +78,9 @@ class NotConfigured(ActionError):
 
 class Unavailable(ActionError):
     status = 503
+
+
+SHARED = SharedAnswers()
 
 
 def source() -> monitor.Source:
@@ -213,10 +256,14 @@ async def gather_servers(src: monitor.Source) -> list[dict]:
 def servers() -> list[dict]:
     """For pages and the API (sync): the rows, or NotConfigured / Unavailable."""
     src = source()
-    try:
-        return sync.run(gather_servers, src, timeout=src.timeout * 3 + 5)
-    except monitor.MonitorError as exc:
-        raise Unavailable(str(exc)) from None
+
+    def fetch() -> list[dict]:
+        try:
+            return sync.run(gather_servers, src, timeout=src.timeout * 3 + 5)
+        except monitor.MonitorError as exc:
+            raise Unavailable(str(exc)) from None
+
+    return SHARED.get(("servers", src), fetch)
 
 
 class ServerSampler:

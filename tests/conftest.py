@@ -303,6 +303,15 @@ def inline_jobs(settings):
 
 # ---------------------------------------------------------------- time budgets of slow suites
 
+@pytest.fixture(autouse=True)
+def _monitoring_answers_of_this_test_only():
+    """Pages share the monitoring source's answers for a second (servers.overview.SHARED):
+    a test starts without those of the test before it."""
+    shared = sys.modules.get("servers.overview")
+    if shared is not None:
+        shared.SHARED.clear()
+
+
 # Seconds each slow suite may take in all (its tests' setup, call and teardown added up):
 # `make test` must stay under 20 minutes on 2 cores, so a suite that grows past its budget
 # fails the run loudly rather than slowly eating the others' time. A test joins a suite

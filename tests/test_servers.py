@@ -251,6 +251,32 @@ def test_dead_monitoring_urls_give_a_clear_error(monkeypatch, viewer_client, nat
     assert r.status_code == 503 and "timed out" in r.json()["error"]
 
 
+def test_pages_polling_at_once_share_one_fetch_and_each_gets_its_own_copy(
+        via_http, monkeypatch, viewer_client, silent_port):
+    asked = []
+    real = overview.gather_servers
+
+    async def counted(src):
+        asked.append(src.urls)
+        return await real(src)
+
+    monkeypatch.setattr(overview, "gather_servers", counted)
+    first = viewer_client.get("/api/v1/servers/").json()
+    first[0]["name"] = "changed by one caller"  # a view that edits its rows edits a copy
+    for _ in range(4):  # four more pages polling within the window
+        assert viewer_client.get("/servers/", {"fragment": "1"}).status_code == 200
+    again = viewer_client.get("/api/v1/servers/").json()
+    assert len(asked) == 1 and again[0]["name"] == "mon-1"
+    time.sleep(overview.FRESH_S)  # the window, then the next poll asks the servers again
+    viewer_client.get("/api/v1/servers/")
+    assert len(asked) == 2
+    # A failure is shared the same way, and a different question is asked on its own.
+    _env(monkeypatch, LUCENT_NATS_MONITOR_URLS=f"http://127.0.0.1:{silent_port}",
+         LUCENT_MONITOR_TIMEOUT_S="0.5")
+    codes = [viewer_client.get("/api/v1/servers/").status_code for _ in range(3)]
+    assert codes == [503] * 3 and len(asked) == 3  # one wait for the silent port, not three
+
+
 def test_one_dead_server_does_not_hide_the_others(monitored, monkeypatch, viewer_client,
                                                  nats_server):
     refused = embedded.free_port()
