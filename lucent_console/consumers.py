@@ -73,6 +73,8 @@ class LiveConsumer(AsyncWebsocketConsumer):
         LiveConsumer.open += 1
         self.counted = True
         await self.send_panel(None)
+        if self.panel == "deadletters":  # letters indexed between the page and its socket
+            await self.deadletters_added({})  # (or while it reconnected) arrive now
         if self.panel in ("alerts", "overview"):
             self.can_act = await database_sync_to_async(has_role)(self.scope["user"], "operator")
             await self.alerts_changed({})
