@@ -34,17 +34,18 @@ async def advisories(nc) -> int:
     return (await js.stream_info(nc, dl_capture.ADVISORY_STREAM))["state"]["last_seq"]
 
 
-async def fail(nc, term_payloads: set[bytes], expect: int | None = None, timeout: float = 30.0):
-    """Consume ORDERS as a worker that fails (nak until max_deliver, or term()) until
+async def fail(nc, term_payloads: set[bytes], expect: int | None = None, timeout: float = 30.0,
+               stream: str = "ORDERS", consumer: str = "shipper"):
+    """Consume ``stream`` as a worker that fails (nak until max_deliver, or term()) until
     LUCENT_ADVISORIES holds ``expect`` more advisories: by default one for each message
     the consumer has yet to finish (pending or delivered and unacked). The server advises
     a message out of deliveries when it would deliver it again, that is to a waiting pull:
-    so keep pulling."""
+    so keep pulling (one short pull after the naks missed that moment in CI runs)."""
     if expect is None:
-        info = await js.consumer_info(nc, "ORDERS", "shipper")
+        info = await js.consumer_info(nc, stream, consumer)
         expect = info["num_pending"] + info["num_ack_pending"]
     want = await advisories(nc) + expect
-    sub = await nc.jetstream().pull_subscribe_bind("shipper", "ORDERS")
+    sub = await nc.jetstream().pull_subscribe_bind(consumer, stream)
     deadline = asyncio.get_running_loop().time() + timeout
     try:
         while await advisories(nc) < want:
