@@ -114,3 +114,25 @@ async def test_a_deposed_leader_stops_its_work_before_another_can_start(fresh_se
     a.stop.set()
     await task
     assert [r[0] for r in runs] == ["a", "a", "a"]
+
+
+async def test_work_that_fails_as_it_stops_is_logged_not_left_unretrieved(fresh_server, caplog):
+    """A term's work whose own teardown fails (its connection dropped by the bus, say) is
+    logged by the leader; before, asyncio said "exception was never retrieved" at random
+    later (in a CI run, from another thread while pytest wrote a report)."""
+    nc = await bus(fresh_server.url)
+    stop, started = asyncio.Event(), asyncio.Event()
+
+    async def work(stop_work: asyncio.Event) -> None:
+        started.set()
+        await stop_work.wait()
+        raise ConnectionResetError("Connection lost")
+
+    try:
+        task = asyncio.create_task(run_while_leader(nc, stop, "job", work, ttl=1.5, holder="a"))
+        await asyncio.wait_for(started.wait(), 5)
+        stop.set()
+        await asyncio.wait_for(task, 5)
+    finally:
+        await nc.close()
+    assert "job: the work failed as it stopped: ConnectionResetError('Connection lost')" in caplog.text

@@ -120,3 +120,25 @@ async def test_the_stream_panel_sends_state_consumers_and_chart_points(collector
     finally:
         await comm.disconnect()
         await nc.close()
+
+
+async def test_the_dead_letter_panel_sends_its_rows_on_connect(collector):
+    """A letter indexed after the page was served but before its socket joined (or while
+    the socket reconnected) had no push of its own: the socket sends the rows it joins with."""
+    from django.utils import timezone
+
+    from deadletters.models import DeadLetter
+
+    cookie = await sync_to_async(_session_cookie)()
+    await sync_to_async(DeadLetter.objects.create)(
+        dl_seq=1, dl_subject="lucent.deadletter.EARLY.worker", stream="EARLY", stream_seq=1,
+        subject="early.<b>one</b>", consumer="worker", deliveries=2, reason="max_deliveries",
+        captured_at=timezone.now(), payload_available=False)
+    comm = await _connect("/ws/live/?panel=deadletters", cookie)
+    assert (await comm.connect())[0]
+    try:
+        rows = await _receive_until(comm, 'id="dl-body"')
+        assert "early.&lt;b&gt;one&lt;/b&gt;" in rows and 'class="dl-new"' in rows
+        assert "<b>one</b>" not in rows
+    finally:
+        await comm.disconnect()
